@@ -1,0 +1,3 @@
+from stackwatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""Command line: ``stackwatch [flags]`` runs the exporter; ``stackwatch check-config FILE`` validates a file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from stackwatch import __version__
+from stackwatch.config import ConfigError, load_config
+
+DEFAULT_LISTEN = ":9938"
+
+
+def check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    print(config.summary())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stackwatch",
+        description="Prometheus exporter for HTTP services, JSON APIs, SQL databases, Algorand and consistency checks.",
+        epilog="Subcommand: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error).",
+    )
+    p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
+    p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+                   help="address to listen on (default: %(default)s)")
+    p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    p.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="validate the config file and exit, like check-config")
+    p.add_argument("--version", action="version", version=f"stackwatch {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check-config":
+        if len(argv) != 2:
+            print("usage: stackwatch check-config FILE", file=sys.stderr)
+            return 2
+        return check_config(argv[1])
+    args = _parser().parse_args(argv)
+    if args.config_check:
+        return check_config(args.config_file)
+
+    from stackwatch.app import Exporter
+    from stackwatch.logsetup import setup_logging
+    from stackwatch.server import serve
+
+    setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(serve(Exporter(args.config_file, config), args.listen))
+    except OSError as exc:
+        print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,543 @@
+"""Configuration: one YAML file, typed models, errors that name the key path and the line.
+
+Loading happens in three steps:
+
+1. YAML is composed into nodes so every value keeps its line and column.
+2. ``${ENV_VAR}`` references are expanded (``${VAR:-default}`` gives a default,
+   ``$$`` a literal dollar).  Strings that came from the environment are marked,
+   which is how secret fields tell an inline secret from a referenced one.
+3. The top level is validated, then each target by the model of its ``kind``
+   (see :mod:`stackwatch.probes`).  Every problem is collected, not just the
+   first, and each one is reported as ``path (line L, column C): message``.
+
+A config that loads is valid: probes never re-check their own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from stackwatch.durations import format_duration, parse_duration, parse_size
+from stackwatch.redact import redact_url
+
+# --------------------------------------------------------------------------- types
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9]+(ms|s|m|h|d|w|y)$"}),
+]
+"""Seconds, written in the file as a Prometheus duration ("500ms", "15s", "1m")."""
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+"""Bytes, written as "1MiB", "512KiB" or a plain integer."""
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+# Label names stackwatch itself puts on series; user labels may not shadow them.
+RESERVED_LABELS = frozenset(
+    "target kind reason le quantile instance job phase key value assertion result "
+    "source field invariant account asset query column table index alias version".split()
+)
+
+
+def _label_name(value: Any) -> str:
+    if not isinstance(value, str) or not LABEL_NAME.match(value) or value.startswith("__"):
+        raise ValueError(f"expected a Prometheus label name like env or team, got {_show(value)}")
+    if value in RESERVED_LABELS:
+        raise ValueError(f'label name "{value}" is reserved for stackwatch\'s own labels')
+    return value
+
+
+LabelName = Annotated[str, BeforeValidator(_label_name)]
+
+SECRET_KEY = re.compile(r"(?i)(authorization|cookie|token|secret|password|passwd|api[-_]?key|credentials)")
+"""Mapping keys (e.g. header names) whose values are treated as secrets."""
+
+
+class EnvStr(str):
+    """A string whose value came (at least partly) from a ${ENV_VAR} reference."""
+
+
+def _secret(value: Any) -> Any:
+    if value is None or isinstance(value, SecretStr):
+        return value
+    if isinstance(value, str) and not isinstance(value, EnvStr):
+        raise ValueError("inline secrets are not accepted; use ${ENV_VAR} or the matching *_file key")
+    return value
+
+
+Secret = Annotated[SecretStr, BeforeValidator(_secret)]
+"""A secret: accepted only from ${ENV_VAR} expansion (or loaded from a *_file key)."""
+
+
+def read_secret_file(path: str, what: str) -> SecretStr:
+    """Read a secret file at load time; a trailing newline is not part of the secret."""
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").rstrip("\r\n"))
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def secret_from(inline: SecretStr | None, file: str | None, what: str) -> SecretStr | None:
+    if inline is not None and file is not None:
+        raise ValueError(f"set either {what} or {what}_file, not both")
+    if file is not None:
+        return read_secret_file(file, f"{what}_file")
+    return inline
+
+
+class Model(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- top level
+
+
+class Defaults(Model):
+    """Inherited by every target that does not set its own value."""
+
+    interval: Duration = 15.0
+    timeout: Duration = 5.0
+    labels: dict[LabelName, str] = Field(default_factory=dict)
+
+
+class SchedulerSettings(Model):
+    """Bounds on the probe scheduler."""
+
+    max_concurrent_probes: int = Field(64, ge=1, le=10_000)
+    """Probes in flight at once, over all targets (measured best at 16-64, see bench/)."""
+
+
+class TargetConfig(Model):
+    """Fields every target has, whatever its kind.  Each probe kind subclasses this."""
+
+    name: str
+    kind: str
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    labels: dict[LabelName, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            name = data.get("name")
+            if isinstance(name, str) and not TARGET_NAME.match(name):
+                raise ValueError(
+                    f"name: expected letters, digits and _ . : - (starting with a letter or digit), got {_show(name)}"
+                )
+        return data
+
+    def secrets(self) -> list[str]:
+        """Every secret value this target holds, for scrubbing log lines and errors."""
+        out: list[str] = []
+
+        def walk(obj: Any) -> None:
+            if isinstance(obj, SecretStr):
+                v = obj.get_secret_value()
+                if v:
+                    out.append(v)
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name))
+            elif isinstance(obj, dict):
+                for k, v in obj.items():
+                    if isinstance(v, str) and SECRET_KEY.search(str(k)):
+                        out.append(v)  # e.g. an X-Api-Key header
+                    else:
+                        walk(v)
+            elif isinstance(obj, list | tuple):
+                for v in obj:
+                    walk(v)
+
+        walk(self)
+        return out
+
+
+class _TopLevel(Model):
+    defaults: Defaults = Field(default_factory=Defaults)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    targets: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded, validated config: targets have their interval, timeout and labels resolved."""
+
+    defaults: Defaults
+    scheduler: SchedulerSettings
+    targets: tuple[TargetConfig, ...]
+    source: str = "<memory>"
+
+    def target(self, name: str) -> TargetConfig | None:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        return None
+
+    def summary(self) -> str:
+        kinds: dict[str, int] = {}
+        for t in self.targets:
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+        by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+        return f"{self.source}: OK, {len(self.targets)} targets ({by_kind})"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int | None
+    column: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" (line {self.line}, column {self.column})" if self.line else ""
+        return f"{self.path or '<top level>'}{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in a config file."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.source}: {len(self.problems)} error{'s' if len(self.problems) != 1 else ''}"
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
+def format_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_SECRETISH = re.compile(r"(password|token|secret|credentials|dsn)", re.IGNORECASE)
+
+
+def _show(value: Any, path: tuple[Any, ...] = ()) -> str:
+    if path and isinstance(path[-1], str) and _SECRETISH.search(path[-1]):
+        return "<redacted>"
+    if isinstance(value, str):
+        return f'"{redact_url(value)}"'
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+_FRIENDLY = {
+    "missing": "required key is missing",
+    "int_parsing": "expected an integer, got {input}",
+    "int_type": "expected an integer, got {input}",
+    "int_from_float": "expected an integer, got {input}",
+    "float_parsing": "expected a number, got {input}",
+    "float_type": "expected a number, got {input}",
+    "bool_parsing": "expected true or false, got {input}",
+    "bool_type": "expected true or false, got {input}",
+    "string_type": "expected a string, got {input}",
+    "dict_type": "expected a mapping, got {input}",
+    "model_type": "expected a mapping, got {input}",
+    "model_attributes_type": "expected a mapping, got {input}",
+    "list_type": "expected a list, got {input}",
+    "greater_than_equal": "expected a value >= {ge}, got {input}",
+    "less_than_equal": "expected a value <= {le}, got {input}",
+    "greater_than": "expected a value > {gt}, got {input}",
+    "literal_error": "expected one of {expected}, got {input}",
+    "enum": "expected one of {expected}, got {input}",
+    "string_too_short": "expected at least {min_length} characters",
+}
+
+
+def _message(err: dict[str, Any], path: tuple[Any, ...], model: type[BaseModel] | None) -> str:
+    kind = err["type"]
+    ctx = dict(err.get("ctx") or {})
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return msg.removeprefix("Value error, ")
+    if kind == "assertion_error":
+        return err["msg"].removeprefix("Assertion failed, ")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, path[:-1]) if model else None
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"unknown key{hint}"
+    template = _FRIENDLY.get(kind)
+    if template:
+        ctx["input"] = _show(err.get("input"), path)
+        try:
+            return template.format(**ctx)
+        except (KeyError, IndexError):
+            pass
+    return f"{err['msg']}, got {_show(err.get('input'), path)}"
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str] | None:
+    """The keys a model accepts at a path, for 'unknown key' hints (best effort)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        f = current.model_fields.get(part)
+        if f is None:
+            return None
+        current = _inner_model(f.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return None
+
+
+def _inner_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# --------------------------------------------------------------------------- YAML with positions
+
+
+class _Locator:
+    def __init__(self) -> None:
+        self.marks: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+    def at(self, path: tuple[Any, ...]) -> tuple[int | None, int | None]:
+        for n in range(len(path), -1, -1):
+            mark = self.marks.get(tuple(path[:n]))
+            if mark:
+                return mark
+        return None, None
+
+
+def _index_nodes(node: yaml.Node, path: tuple[Any, ...], loc: _Locator, problems: list[Problem]) -> None:
+    loc.marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            sub = path + (key,)
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                problems.append(
+                    Problem(format_path(sub), line, key_node.start_mark.column + 1,
+                            f"duplicate key (first set on line {seen[key]})")
+                )
+            seen.setdefault(key, line)
+            loc.marks[sub] = (line, key_node.start_mark.column + 1)
+            _index_nodes(value_node, sub, loc, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_nodes(item, path + (i,), loc, problems)
+
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, path: tuple[Any, ...], env: dict[str, str], loc: _Locator, problems: list[Problem]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, path + (k,), env, loc, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, path + (i,), env, loc, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    used_env = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal used_env
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            used_env = True
+            return env[name]
+        if default is not None:
+            return default
+        line, col = loc.at(path)
+        problems.append(Problem(format_path(path), line, col, f"environment variable {name} is not set"))
+        return ""
+
+    expanded = _ENV_REF.sub(sub, value)
+    return EnvStr(expanded) if used_env else expanded
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Load and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [Problem("", None, None, f"cannot read the file: {exc.strerror}")]) from None
+    return parse_config(text, str(path), env)
+
+
+def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
+    from stackwatch.probes import registry
+
+    env = dict(os.environ) if env is None else env
+    problems: list[Problem] = []
+    loc = _Locator()
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [Problem("", line, col, f"invalid YAML: {reason}")]) from None
+    if root is None or data is None:
+        raise ConfigError(source, [Problem("", 1, 1, "the file is empty; expected a mapping with a targets list")])
+    if not isinstance(data, dict):
+        raise ConfigError(source, [Problem("", 1, 1, f"expected a mapping with a targets list, got {_show(data)}")])
+    _index_nodes(root, (), loc, problems)
+    data = _expand(data, (), env, loc, problems)
+
+    def add(err_path: tuple[Any, ...], message: str) -> None:
+        line, col = loc.at(err_path)
+        problems.append(Problem(format_path(err_path), line, col, message))
+
+    def collect(exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel]) -> None:
+        for err in exc.errors(include_url=False):
+            sub = prefix + tuple(err["loc"])
+            add(sub, _message(err, tuple(err["loc"]), model))
+
+    try:
+        top = _TopLevel.model_validate(data)
+    except ValidationError as exc:
+        collect(exc, (), _TopLevel)
+        raise ConfigError(source, sorted(problems, key=_order)) from None
+
+    kinds = registry()
+    targets: list[TargetConfig] = []
+    first_seen: dict[str, int] = {}
+    for i, raw in enumerate(top.targets):
+        here = ("targets", i)
+        kind_name = raw.get("kind")
+        if kind_name is None:
+            add(here + ("kind",), f"required key is missing; expected one of: {', '.join(sorted(kinds))}")
+            continue
+        kind = kinds.get(kind_name) if isinstance(kind_name, str) else None
+        if kind is None:
+            add(here + ("kind",), f"unknown kind {_show(kind_name)}; expected one of: {', '.join(sorted(kinds))}")
+            continue
+        try:
+            target = kind.config_model.model_validate(raw)
+        except ValidationError as exc:
+            collect(exc, here, kind.config_model)
+            continue
+        if target.name in first_seen:
+            j = first_seen[target.name]
+            add(here + ("name",), f'duplicate target name "{target.name}", first used by targets[{j}] '
+                                  f"(line {loc.at(('targets', j, 'name'))[0]})")
+            continue
+        first_seen[target.name] = i
+        resolved = _resolve(target, top.defaults)
+        if isinstance(resolved, str):
+            add(here + ("timeout",), resolved)
+            continue
+        targets.append(resolved)
+
+    if problems:
+        raise ConfigError(source, sorted(problems, key=_order))
+    return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source)
+
+
+def _order(p: Problem) -> tuple[int, int]:
+    return (p.line or 0, p.column or 0)
+
+
+def _resolve(target: TargetConfig, defaults: Defaults) -> TargetConfig | str:
+    interval = target.interval if target.interval is not None else defaults.interval
+    if target.timeout is not None:
+        if target.timeout > interval:
+            return (f"timeout {format_duration(target.timeout)} is longer than the interval "
+                    f"{format_duration(interval)}; a probe must end before the next one starts")
+        timeout = target.timeout
+    else:
+        # An inherited timeout is clamped: a 1s interval with the default 5s timeout is not an error.
+        timeout = min(defaults.timeout, interval)
+    if interval <= 0 or timeout <= 0:
+        return "interval and timeout must be greater than 0"
+    labels = {**defaults.labels, **target.labels}
+    return target.model_copy(update={"interval": interval, "timeout": timeout, "labels": labels})
+
+
+def masked_dump(target: TargetConfig) -> str:
+    """The resolved target config as YAML with every secret and URL password masked."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, SecretStr):
+            return "<secret>" if obj.get_secret_value() else ""
+        if isinstance(obj, dict):
+            return {k: "<secret>" if isinstance(v, str) and SECRET_KEY.search(str(k)) else clean(v)
+                    for k, v in obj.items()}
+        if isinstance(obj, list | tuple):
+            return [clean(v) for v in obj]
+        if isinstance(obj, str):
+            return redact_url(obj)
+        return obj
+
+    data = target.model_dump(mode="python", exclude_none=True)
+    first = ("name", "kind", "interval", "timeout", "labels")
+    data = {k: clean(data[k]) for k in (*[f for f in first if f in data], *[f for f in data if f not in first])}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+__all__ = [
+    "ByteSize",
+    "Config",
+    "ConfigError",
+    "Defaults",
+    "Duration",
+    "LabelName",
+    "Model",
+    "Problem",
+    "Secret",
+    "TargetConfig",
+    "load_config",
+    "masked_dump",
+    "parse_config",
+    "read_secret_file",
+    "secret_from",
+]

@@ -1,0 +1,52 @@
+"""Prometheus-style durations ("500ms", "15s", "1m30s") and byte sizes ("1MiB")."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
+_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+_ORDER = ("y", "w", "d", "h", "m", "s", "ms")
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
+
+
+def parse_duration(value: object) -> float:
+    """Return seconds for a Prometheus duration string; raise ValueError naming what was expected."""
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m and value.strip() and any(m.groups()):
+            return sum(int(g) * _UNITS[u] for g, u in zip(m.groups(), _ORDER) if g)
+    raise ValueError(f"expected a duration like 5s, got {_show(value)}")
+
+
+def format_duration(seconds: float) -> str:
+    """Inverse of parse_duration for display: 90.0 -> "1m30s", 0.5 -> "500ms"."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    out = []
+    for unit in _ORDER:
+        size = round(_UNITS[unit] * 1000)
+        if ms >= size:
+            out.append(f"{ms // size}{unit}")
+            ms %= size
+    return "".join(out)
+
+
+def parse_size(value: object) -> int:
+    """Bytes for "1MiB", "512KiB", "1000" or an integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+    raise ValueError(f"expected a size like 1MiB or 500KB, got {_show(value)}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)

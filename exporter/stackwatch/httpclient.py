@@ -1,0 +1,316 @@
+"""HTTP request options and the shared httpx client, used by every probe that speaks HTTP.
+
+Why the client is set up this way (measured, see bench/RESULTS.md and research/perf-baseline.md):
+
+* One shared ``AsyncClient`` per TLS setting and event loop: building an SSL context per
+  probe costs ~19 CPU-ms.
+* Fresh connection per probe by default (``max_keepalive_connections=0``), as
+  blackbox_exporter does, so a dead listener or a failing handshake is seen, and
+  ``Connection: close`` so TIME_WAIT lands on the target.
+* Opt-in keep-alive uses a small pool (16) with a semaphore of the same size: httpcore's
+  pool bookkeeping is O(pool^2) and a large pool costs 3-5 CPU-ms per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+from cryptography import x509
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from stackwatch.config import ByteSize, Model, Secret, secret_from
+from stackwatch.probes.base import ProbeContext, ProbeFailure, Reason
+from stackwatch.redact import redact_url
+
+KEEPALIVE_POOL = 16
+
+
+class TLSConfig(Model):
+    """TLS settings (blackbox_exporter's tls_config names)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+    server_name: str | None = None
+    min_version: Literal["TLS12", "TLS13"] | None = None
+
+    @model_validator(mode="after")
+    def _loadable(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        ssl_context(self)  # fails the config load, not the first probe, on unreadable files
+        return self
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.ca_file, self.cert_file, self.key_file, self.insecure_skip_verify, self.min_version)
+
+
+class BasicAuth(Model):
+    username: str
+    password: Secret | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _load(self) -> BasicAuth:
+        object.__setattr__(self, "password", secret_from(self.password, self.password_file, "password"))
+        return self
+
+
+class Authorization(Model):
+    """An Authorization header: ``type`` (default Bearer) plus credentials."""
+
+    type: str = "Bearer"
+    credentials: Secret | None = None
+    credentials_file: str | None = None
+
+    @model_validator(mode="after")
+    def _load(self) -> Authorization:
+        creds = secret_from(self.credentials, self.credentials_file, "credentials")
+        if creds is None:
+            raise ValueError("set credentials (from ${ENV_VAR}) or credentials_file")
+        object.__setattr__(self, "credentials", creds)
+        return self
+
+
+class HTTPRequest(Model):
+    """What to send and what counts as an answer.  Shared by kinds http and json."""
+
+    url: str
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    valid_status_codes: list[int] = Field(default_factory=list)
+    """Accepted status codes; empty means any 2xx."""
+    follow_redirects: bool = True
+    tls_config: TLSConfig = Field(default_factory=TLSConfig)
+    basic_auth: BasicAuth | None = None
+    authorization: Authorization | None = None
+    body_size_limit: ByteSize = 1024 * 1024
+    keep_alive: bool = False
+    """Reuse connections between probes (cheaper, but a broken listener may go unseen)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            u = httpx.URL(v)
+        except Exception:
+            raise ValueError(f'expected an http:// or https:// URL, got "{redact_url(v)}"') from None
+        if u.scheme not in ("http", "https") or not u.host:
+            raise ValueError(f'expected an http:// or https:// URL, got "{redact_url(v)}"')
+        if u.password:
+            raise ValueError("a password in the URL is not accepted; use basic_auth.password_file or ${ENV_VAR}")
+        return v
+
+    @field_validator("valid_status_codes")
+    @classmethod
+    def _codes(cls, v: list[int]) -> list[int]:
+        for code in v:
+            if not 100 <= code <= 599:
+                raise ValueError(f"expected HTTP status codes between 100 and 599, got {code}")
+        return v
+
+    def status_ok(self, code: int) -> bool:
+        return code in self.valid_status_codes if self.valid_status_codes else 200 <= code < 300
+
+
+# --------------------------------------------------------------------------- clients
+
+_ssl_cache: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+
+def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    key = tls.key()
+    ctx = _ssl_cache.get(key)
+    if ctx is not None:
+        return ctx
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        what = getattr(exc, "filename", None) or tls.ca_file or tls.cert_file
+        raise ValueError(f"cannot load TLS file {what}: {getattr(exc, 'strerror', None) or exc}") from None
+    if tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.min_version:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
+    _ssl_cache[key] = ctx
+    return ctx
+
+
+@dataclass
+class _Client:
+    client: httpx.AsyncClient
+    gate: asyncio.Semaphore | None
+
+
+_clients: dict[tuple[Any, ...], _Client] = {}
+
+
+def client_for(req: HTTPRequest) -> _Client:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), req.tls_config.key(), req.keep_alive)
+    c = _clients.get(key)
+    if c is None or c.client.is_closed:
+        limits = (
+            httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
+            if req.keep_alive
+            else httpx.Limits(max_connections=None, max_keepalive_connections=0)
+        )
+        client = httpx.AsyncClient(verify=ssl_context(req.tls_config), limits=limits, trust_env=False, http2=False)
+        c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
+        _clients[key] = c
+    return c
+
+
+async def close_clients() -> None:
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _clients if k[0] == id(loop)]:
+        await _clients.pop(key).client.aclose()
+
+
+# --------------------------------------------------------------------------- fetching
+
+
+@dataclass
+class Phases:
+    """Per-phase timings collected from httpcore's trace events, summed over redirects."""
+
+    connect: float = 0.0
+    tls: float = 0.0
+    processing: float = 0.0
+    transfer: float = 0.0
+    cert_expiry: float | None = None
+    tls_version: str | None = None
+    _started: dict[str, float] = field(default_factory=dict)
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        base, _, stage = event.rpartition(".")
+        now = time.perf_counter()
+        if stage == "started":
+            self._started[base] = now
+            return
+        if stage not in ("complete", "failed"):
+            return
+        began = self._started.pop(base, None)
+        if began is None:
+            return
+        spent = now - began
+        if base == "connection.connect_tcp":
+            self.connect += spent
+        elif base == "connection.start_tls":
+            self.tls += spent
+            if stage == "complete":
+                self._read_tls(info.get("return_value"))
+        elif base in ("http11.send_request_headers", "http11.send_request_body", "http11.receive_response_headers"):
+            self.processing += spent
+        elif base == "http11.receive_response_body":
+            self.transfer += spent
+
+    def _read_tls(self, stream: Any) -> None:
+        sslobj = stream.get_extra_info("ssl_object") if stream is not None else None
+        if sslobj is None:
+            return
+        self.tls_version = sslobj.version()
+        der = sslobj.getpeercert(binary_form=True)
+        if der:
+            # Leaf certificate only: Python 3.11 cannot return the verified chain.
+            expiry = x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+            self.cert_expiry = expiry if self.cert_expiry is None else min(self.cert_expiry, expiry)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    redirects: int
+    http_version: str
+    phases: Phases
+
+
+def _classify(exc: BaseException) -> tuple[Reason, str]:
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain)
+    if any(isinstance(x, ssl.SSLError | ssl.CertificateError) for x in chain) or "CERTIFICATE_VERIFY_FAILED" in text:
+        detail = next((str(x) for x in chain if isinstance(x, ssl.SSLError | ssl.CertificateError)), str(exc))
+        return Reason.TLS, f"TLS handshake failed: {detail}"
+    if any(isinstance(x, ConnectionRefusedError) for x in chain) or "Connection refused" in text or "Errno 111" in text:
+        return Reason.CONNECTION_REFUSED, "connection refused"
+    if "Name or service not known" in text or "name resolution" in text or "nodename nor servname" in text:
+        return Reason.DNS, f"cannot resolve host: {exc}"
+    return Reason.CONNECTION, f"{type(exc).__name__}: {exc or 'connection closed'}"
+
+
+async def fetch(req: HTTPRequest, ctx: ProbeContext) -> Response:
+    """Send the request within the context's deadline; raise ProbeFailure with a reason on any failure.
+
+    Checks the status code and the body size limit.  The body is read in chunks and the
+    read stops as soon as the limit is passed, so a huge body never grows memory.
+    """
+    c = client_for(req)
+    phases = Phases()
+    headers = dict(req.headers)
+    if not req.keep_alive:
+        headers.setdefault("Connection", "close")
+    auth = None
+    if req.basic_auth is not None:
+        pw = req.basic_auth.password.get_secret_value() if req.basic_auth.password else ""
+        auth = httpx.BasicAuth(req.basic_auth.username, pw)
+    if req.authorization is not None:
+        creds = req.authorization.credentials
+        assert isinstance(creds, SecretStr)
+        headers["Authorization"] = f"{req.authorization.type} {creds.get_secret_value()}"
+    extensions: dict[str, Any] = {"trace": phases}
+    if req.tls_config.server_name:
+        extensions["sni_hostname"] = req.tls_config.server_name
+    timeout = httpx.Timeout(max(ctx.remaining(), 0.001))
+    ctx.log(f"{req.method} {redact_url(req.url)} (timeout {ctx.remaining():.3f}s)")
+    if c.gate is not None:
+        await c.gate.acquire()
+    try:
+        async with c.client.stream(
+            req.method, req.url, headers=headers, content=req.body, auth=auth,
+            follow_redirects=req.follow_redirects, timeout=timeout, extensions=extensions,
+        ) as resp:
+            ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history)} redirect(s)")
+            declared = resp.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > req.body_size_limit:
+                raise ProbeFailure(Reason.BODY_TOO_LARGE,
+                                   f"Content-Length {declared} is over the body_size_limit of {req.body_size_limit} bytes")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > req.body_size_limit:
+                    raise ProbeFailure(Reason.BODY_TOO_LARGE,
+                                       f"body is over the body_size_limit of {req.body_size_limit} bytes")
+                chunks.append(chunk)
+            response = Response(resp.status_code, resp.headers, b"".join(chunks), len(resp.history),
+                                resp.http_version, phases)
+    except ProbeFailure:
+        raise
+    except httpx.TimeoutException as exc:
+        raise ProbeFailure(Reason.TIMEOUT, f"no complete answer within the timeout ({type(exc).__name__})") from None
+    except httpx.TooManyRedirects:
+        raise ProbeFailure(Reason.HTTP_STATUS, "too many redirects") from None
+    except (httpx.TransportError, OSError, ssl.SSLError) as exc:
+        reason, message = _classify(exc)
+        raise ProbeFailure(reason, message) from None
+    finally:
+        if c.gate is not None:
+            c.gate.release()
+    ctx.log(f"read {len(response.body)} body bytes")
+    return response

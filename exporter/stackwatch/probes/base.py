@@ -1,0 +1,141 @@
+"""The probe contract shared by every probe kind.
+
+A probe kind is one module in this package that defines::
+
+    KIND = ProbeKind(name="http", config_model=HTTPTarget, probe=probe_http)
+
+where ``probe_http(target, ctx) -> ProbeResult`` is a coroutine.  The scheduler
+gives it a :class:`ProbeContext` holding the deadline; the probe records samples
+and log lines on the context and returns ``ctx.success()`` or
+``ctx.failure(reason, message)``.  It may also raise :class:`ProbeFailure`.
+Anything else it raises, a hang past the deadline, or a return value that is
+not a ProbeResult becomes a failed result; it never reaches the scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from stackwatch.config import TargetConfig
+from stackwatch.redact import scrub
+
+
+class Reason(StrEnum):
+    """Why a probe failed: a fixed vocabulary, so the `reason` label stays bounded."""
+
+    TIMEOUT = "timeout"
+    DNS = "dns"
+    CONNECTION_REFUSED = "connection_refused"
+    CONNECTION = "connection_error"
+    TLS = "tls"
+    HTTP_STATUS = "http_status"
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_REGEXP = "body_regexp"
+    INVALID_JSON = "invalid_json"
+    ASSERTION = "assertion"
+    AUTH = "auth"
+    NOT_CONFIGURED = "not_configured"
+    DATABASE_MISSING = "database_missing"
+    QUERY = "query"
+    SCHEMA = "schema"
+    MIGRATION = "migration"
+    WRONG_NETWORK = "wrong_network"
+    NOT_SYNCED = "not_synced"
+    TOO_MANY_SERIES = "too_many_series"
+    EXTRACTION = "extraction"
+    INVARIANT = "invariant"
+    DISAGREEMENT = "disagreement"
+    INTERNAL = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A metric family a probe may emit: full name, type and help text."""
+
+    name: str
+    type: str  # gauge | counter | info-as-gauge
+    help: str
+
+    def __post_init__(self) -> None:
+        FAMILIES.setdefault(self.name, self)
+
+
+FAMILIES: dict[str, Family] = {}
+"""Every family ever declared, so /metrics can write HELP and TYPE once per family."""
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    success: bool
+    reason: Reason | None = None
+    message: str = ""
+    duration: float = 0.0
+    samples: list[tuple[Family, Labels, float]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    finished_at: float = 0.0  # unix time
+
+
+class ProbeFailure(Exception):
+    """Raise inside a probe to end it with a reason; samples recorded so far are kept."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ProbeContext:
+    """What a probe gets besides its config: the deadline and somewhere to put results."""
+
+    __slots__ = ("target", "deadline", "samples", "log_lines", "_secrets", "_start")
+
+    def __init__(self, target: TargetConfig, timeout: float):
+        self.target = target
+        self._start = time.monotonic()
+        self.deadline = self._start + timeout
+        self.samples: list[tuple[Family, Labels, float]] = []
+        self.log_lines: list[str] = []
+        self._secrets: list[str] | None = None
+
+    def remaining(self) -> float:
+        """Seconds left before the hard deadline (never negative)."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def sample(self, family: Family, value: float, **labels: str) -> None:
+        self.samples.append((family, tuple(labels.items()), float(value)))
+
+    def log(self, message: str) -> None:
+        if len(self.log_lines) < 200:
+            elapsed = time.monotonic() - self._start
+            self.log_lines.append(f"{elapsed * 1000:8.1f}ms {self.scrub(message)}")
+
+    def scrub(self, text: str) -> str:
+        if self._secrets is None:
+            self._secrets = self.target.secrets()
+        return scrub(text, self._secrets)
+
+    def success(self) -> ProbeResult:
+        return ProbeResult(True, None, "", samples=self.samples, log=self.log_lines)
+
+    def failure(self, reason: Reason, message: str) -> ProbeResult:
+        message = self.scrub(message)
+        self.log(f"probe failed: {reason.value}: {message}")
+        return ProbeResult(False, reason, message, samples=self.samples, log=self.log_lines)
+
+
+ProbeFn = Callable[[Any, ProbeContext], Awaitable[ProbeResult]]
+
+
+@dataclass(frozen=True)
+class ProbeKind:
+    name: str
+    config_model: type[TargetConfig]
+    probe: ProbeFn
+    max_concurrent: int | None = None
+    """Optional per-kind bound on probes in flight, below the global one (e.g. SQL)."""

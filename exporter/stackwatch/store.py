@@ -1,0 +1,159 @@
+"""The result store: latest result per target, accumulated counters and latency histograms.
+
+Each target's exposition lines are rendered once, when its result arrives; a scrape only joins
+ready-made strings, so /metrics never waits on a probe and costs little at 10k targets.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from stackwatch.config import Config, TargetConfig
+from stackwatch.exposition import header, histogram_lines, line, render_labels
+from stackwatch.probes.base import FAMILIES, Family, ProbeResult, Reason
+
+# Exact edges at the documented thresholds: 0.3 s and 0.5 s goals (L3/L4), 1 s, 2 s (L1) and 5 s (L2).
+LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+SUCCESS = Family("stackwatch_probe_success", "gauge", "1 if the last probe of the target succeeded, 0 if it failed.")
+REASON = Family("stackwatch_probe_failure_reason", "gauge",
+                "Why the last probe failed: one series with value 1 for a failing target, none for a passing one.")
+LAST_DURATION = Family("stackwatch_probe_last_duration_seconds", "gauge", "Duration of the last probe.")
+TIMEOUT = Family("stackwatch_probe_timeout_seconds", "gauge", "Deadline of one probe of the target.")
+INTERVAL = Family("stackwatch_probe_interval_seconds", "gauge", "How often the target is probed.")
+LAST_RUN = Family("stackwatch_probe_last_run_timestamp_seconds", "gauge", "When the last probe ended, as a Unix timestamp.")
+PROBES = Family("stackwatch_probes_total", "counter", "Probes run since start, by result (success or failure).")
+FAILURES = Family("stackwatch_probe_failures_total", "counter", "Failed probes since start, by reason.")
+LATENCY = Family("stackwatch_probe_duration_seconds", "histogram", "Probe durations (the synthetic request latency).")
+
+CORE_ORDER = (SUCCESS, REASON, LAST_DURATION, TIMEOUT, INTERVAL, LAST_RUN, PROBES, FAILURES, LATENCY)
+
+
+def base_labels(target: TargetConfig) -> str:
+    return render_labels([("target", target.name), ("kind", target.kind), *sorted(target.labels.items())])
+
+
+def render_result(target: TargetConfig, result: ProbeResult | None, labels: str | None = None) -> dict[str, str]:
+    """Gauge-type lines for one result, by family name (also used by /probe's fresh registry)."""
+    labels = labels if labels is not None else base_labels(target)
+    out: dict[str, list[str]] = {
+        TIMEOUT.name: [line(TIMEOUT.name, labels, target.timeout or 0)],
+        INTERVAL.name: [line(INTERVAL.name, labels, target.interval or 0)],
+    }
+    if result is None:
+        return {k: "".join(v) for k, v in out.items()}
+    out[SUCCESS.name] = [line(SUCCESS.name, labels, 1 if result.success else 0)]
+    if not result.success and result.reason is not None:
+        out[REASON.name] = [line(REASON.name, f'{labels},reason="{result.reason.value}"', 1)]
+    out[LAST_DURATION.name] = [line(LAST_DURATION.name, labels, result.duration)]
+    out[LAST_RUN.name] = [line(LAST_RUN.name, labels, result.finished_at)]
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for family, extra, value in result.samples:
+        key = (family.name, extra)
+        if key in seen:  # a probe emitting the same series twice would make the exposition invalid
+            continue
+        seen.add(key)
+        lab = f"{labels},{render_labels(extra)}" if extra else labels
+        out.setdefault(family.name, []).append(line(family.name, lab, value))
+    return {k: "".join(v) for k, v in out.items()}
+
+
+@dataclass(slots=True)
+class TargetState:
+    target: TargetConfig
+    labels: str
+    result: ProbeResult | None = None
+    successes: int = 0
+    failures: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    duration_sum: float = 0.0
+    chunks: dict[str, str] = field(default_factory=dict)
+
+    def render(self) -> None:
+        chunks = render_result(self.target, self.result, self.labels)
+        chunks[PROBES.name] = (line(PROBES.name, f'{self.labels},result="success"', self.successes)
+                               + line(PROBES.name, f'{self.labels},result="failure"', self.failures))
+        if self.by_reason:
+            chunks[FAILURES.name] = "".join(
+                line(FAILURES.name, f'{self.labels},reason="{r}"', n) for r, n in sorted(self.by_reason.items()))
+        chunks[LATENCY.name] = histogram_lines(LATENCY.name, self.labels, LATENCY_BUCKETS, self.buckets,
+                                               self.duration_sum)
+        self.chunks = chunks
+
+
+class Store:
+    """Latest results and counters per target, plus the cached /metrics body."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, TargetState] = {}
+        self._version = 0
+        self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
+
+    def set_targets(self, config: Config) -> None:
+        """Keep state (counters, last result) of targets whose config is unchanged; drop removed ones."""
+        new: dict[str, TargetState] = {}
+        for t in config.targets:
+            old = self.states.get(t.name)
+            if old is not None and old.target == t:
+                new[t.name] = old
+            else:
+                state = TargetState(t, base_labels(t))
+                if old is not None and old.target.kind == t.kind and old.labels == state.labels:
+                    # Same series identity: counters must not go backwards on a reload.
+                    state.successes, state.failures = old.successes, old.failures
+                    state.by_reason, state.buckets, state.duration_sum = old.by_reason, old.buckets, old.duration_sum
+                    state.result = old.result
+                state.render()
+                new[t.name] = state
+        self.states = new
+        self._version += 1
+
+    def record(self, name: str, result: ProbeResult) -> None:
+        state = self.states.get(name)
+        if state is None:  # target removed by a reload while its probe ran
+            return
+        state.result = result
+        if result.success:
+            state.successes += 1
+        else:
+            state.failures += 1
+            reason = (result.reason or Reason.INTERNAL).value
+            state.by_reason[reason] = state.by_reason.get(reason, 0) + 1
+        state.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.duration)] += 1
+        state.duration_sum += result.duration
+        state.render()
+        self._version += 1
+
+    def families_in_use(self) -> list[str]:
+        names: set[str] = set()
+        for s in self.states.values():
+            names.update(s.chunks)
+        core = [f.name for f in CORE_ORDER]
+        return [n for n in core if n in names] + sorted(names - set(core))
+
+    def render(self, openmetrics: bool, extra: Callable[[bool], Iterable[str]], compress: bool) -> bytes:
+        """The whole /metrics body (target series plus ``extra`` self metrics), cached per store version.
+
+        Self metrics are cheap and always fresh; the target part is rebuilt only when a result arrived.
+        """
+        key = (openmetrics, False)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != self._version:
+            parts: list[str] = []
+            states = list(self.states.values())
+            for name in self.families_in_use():
+                fam = FAMILIES[name]
+                parts.append(header(fam.name, fam.type, fam.help, openmetrics))
+                parts.extend(s.chunks.get(name, "") for s in states)
+            cached = (self._version, "".join(parts).encode())
+            self._cache[key] = cached
+        body = cached[1] + "".join(extra(openmetrics)).encode()
+        if openmetrics:
+            body += b"# EOF\n"
+        if compress:
+            return gzip.compress(body, compresslevel=1, mtime=0)
+        return body
