@@ -15,6 +15,7 @@ A config that loads is valid: probes never re-check their own settings.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -111,6 +112,13 @@ class Model(BaseModel):
     """Base for every config model: unknown keys are errors, values are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __repr_args__(self) -> Any:
+        # Header values such as X-Api-Key are plain strings; keep them out of reprs too.
+        for name, value in super().__repr_args__():
+            if isinstance(value, dict) and any(SECRET_KEY.search(str(k)) for k in value):
+                value = {k: "<secret>" if SECRET_KEY.search(str(k)) else v for k, v in value.items()}
+            yield name, value
 
 
 # --------------------------------------------------------------------------- top level
@@ -294,6 +302,9 @@ def _message(err: dict[str, Any], path: tuple[Any, ...], model: type[BaseModel] 
         return err["msg"].removeprefix("Assertion failed, ")
     if kind == "extra_forbidden":
         allowed = _fields_at(model, path[:-1]) if model else None
+        close = difflib.get_close_matches(str(path[-1]), allowed or [], n=1)
+        if close:
+            return f'unknown key; did you mean "{close[0]}"?'
         hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
         return f"unknown key{hint}"
     template = _FRIENDLY.get(kind)
@@ -393,6 +404,7 @@ def _expand(value: Any, path: tuple[Any, ...], env: dict[str, str], loc: _Locato
             return default
         line, col = loc.at(path)
         problems.append(Problem(format_path(path), line, col, f"environment variable {name} is not set"))
+        used_env = True  # already reported; not also an "inline secret"
         return ""
 
     expanded = _ENV_REF.sub(sub, value)
@@ -439,8 +451,8 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
 
     def collect(exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel]) -> None:
         for err in exc.errors(include_url=False):
-            sub = prefix + tuple(err["loc"])
-            add(sub, _message(err, tuple(err["loc"]), model))
+            err_loc = tuple(p for p in err["loc"] if p != "[key]")  # pydantic marks dict-key errors so
+            add(prefix + err_loc, _message(err, err_loc, model))
 
     try:
         top = _TopLevel.model_validate(data)

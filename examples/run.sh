@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Run stackwatch on the example platform: http://127.0.0.1:9938/ (status page) and /metrics.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/stackwatch ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[test]'
+fi
+.venv/bin/python examples/platform.py --port 18500 &
+platform=$!
+trap 'kill $platform 2>/dev/null' EXIT
+.venv/bin/stackwatch --config.file examples/stackwatch.yml --web.listen-address 127.0.0.1:9938 "$@"

@@ -1,0 +1,158 @@
+"""Real processes for end-to-end tests: stackwatch itself and Debian's Prometheus.
+
+Both bind loopback ports chosen at run time and write into a pytest tmp dir.  A missing
+binary is a test failure, never a skip: CI installs them (.ci/run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from targets import free_port
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise AssertionError(f"{name} is not installed; run .ci/run or apt-get install the Debian package")
+    return path
+
+
+def http_get(url: str, timeout: float = 5, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def http_post(url: str, data: bytes = b"", timeout: float = 10) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Process:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+class Stackwatch(Process):
+    """stackwatch started exactly as a user starts it: ``python -m stackwatch --config.file ...``."""
+
+    def __init__(self, config_path: Path, tmp: Path, env: dict[str, str] | None = None, extra: list[str] | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **(env or {})}
+        super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
+                          "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *(extra or [])],
+                         tmp / f"stackwatch-{self.port}.log", full_env)
+        try:
+            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 20, "stackwatch /-/ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"stackwatch did not start:\n{self.log()}") from None
+
+    def metrics(self) -> str:
+        return http_get(self.base + "/metrics")[2].decode()
+
+
+class Prometheus(Process):
+    """Debian's prometheus with a temp config and data dir; query helpers over its HTTP API."""
+
+    def __init__(self, tmp: Path, scrape_configs: list[dict[str, Any]], rule_files: list[str] | None = None,
+                 alertmanagers: list[str] | None = None, evaluation_interval: str = "1s"):
+        binary = require_binary("prometheus")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.dir = tmp / f"prometheus-{self.port}"
+        self.dir.mkdir()
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": evaluation_interval},
+            "scrape_configs": scrape_configs,
+        }
+        if rule_files:
+            config["rule_files"] = rule_files
+        if alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                          "--web.enable-lifecycle", "--log.level=warn"], self.dir / "prometheus.log")
+        try:
+            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, "prometheus /-/ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"prometheus did not start:\n{self.log()}") from None
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, _, body = http_get(url, timeout=10)
+        doc = json.loads(body)
+        if doc.get("status") != "success":
+            raise AssertionError(f"Prometheus API {path} {params}: HTTP {status}: {doc}")
+        return doc["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return self.api("query", query=expr)["result"]
+
+    def wait_for(self, expr: str, check: Callable[[list[dict[str, Any]]], bool] = bool, timeout: float = 30) -> list[dict[str, Any]]:
+        return wait_until(lambda: (lambda r: r if check(r) else None)(self.query(expr)), timeout, f"PromQL {expr}")
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+def stackwatch_scrape(sw: Stackwatch, job: str = "stackwatch") -> dict[str, Any]:
+    return {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{sw.port}"]}]}
