@@ -107,7 +107,7 @@ class ProbeContext:
         """Seconds left before the hard deadline (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
 
-    def sample(self, family: Family, value: float, **labels: str) -> None:
+    def sample(self, family: Family, value: float, /, **labels: str) -> None:
         self.samples.append((family, tuple(labels.items()), float(value)))
 
     def log(self, message: str) -> None:

@@ -1,0 +1,178 @@
+"""The HTTP probe against real local servers: each case asserts success, reason and the metrics a user reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from stackwatch.config import parse_config
+from stackwatch.httpclient import close_clients
+from stackwatch.scheduler import run_probe
+from stackwatch.store import render_result
+
+
+def target(servers, **fields):
+    lines = ["targets:", "  - name: t", "    kind: http"]
+    fields.setdefault("timeout", "1s")
+    for k, v in fields.items():
+        lines.append(f"    {k}: {v}")
+    return parse_config("\n".join(lines) + "\n", env={"TOKEN": "s3cr3t-token-value"}).targets[0]
+
+
+async def probe(t):
+    try:
+        return await run_probe(t)
+    finally:
+        await close_clients()
+
+
+def samples(result) -> dict[str, float]:
+    """name{extra labels} -> value, for readable assertions."""
+    out = {}
+    for fam, labels, value in result.samples:
+        key = fam.name + ("{" + ",".join(f"{k}={v}" for k, v in labels) + "}" if labels else "")
+        out[key] = value
+    return out
+
+
+async def test_healthy_json_passes_assertions_and_exports_info(servers):
+    t = target(servers, url=servers.url("/health"),
+               assertions='["$.status == healthy", "len($.features) > 0", "$.version =~ ^3\\\\."]',
+               info="{version: $.version, feature: $.features}")
+    r = await probe(t)
+    assert (r.success, r.reason) == (True, None), r.message
+    s = samples(r)
+    assert s["stackwatch_http_status_code"] == 200
+    assert s["stackwatch_http_body_info{key=version,value=3.0.0-social}"] == 1
+    assert {k for k in s if "key=feature" in k} == {
+        "stackwatch_http_body_info{key=feature,value=social}", "stackwatch_http_body_info{key=feature,value=esg}",
+        "stackwatch_http_body_info{key=feature,value=rewards}"}
+    assert s["stackwatch_http_assertion_success{assertion=len($.features) > 0}"] == 1
+    assert s["stackwatch_http_phase_duration_seconds{phase=connect}"] > 0
+    assert 0 < r.duration < 1
+
+
+async def test_failed_assertion_reports_the_value_it_saw(servers):
+    t = target(servers, url=servers.url("/degraded"), assertions='["$.status == healthy", "len($.features) > 0"]')
+    r = await probe(t)
+    assert (r.success, r.reason.value) == (False, "assertion")
+    assert r.message == "$.status (degraded) == healthy; len($.features) (0) > 0"
+    assert samples(r)["stackwatch_http_assertion_success{assertion=$.status == healthy}"] == 0
+
+
+async def test_http_500_fails_with_status(servers):
+    r = await probe(target(servers, url=servers.url("/500")))
+    assert (r.success, r.reason.value, r.message) == (False, "http_status", "HTTP status 500; expected 2xx")
+    assert samples(r)["stackwatch_http_status_code"] == 500
+
+
+async def test_valid_status_codes_accepts_listed_code(servers):
+    r = await probe(target(servers, url=servers.url("/500"), valid_status_codes="[500]"))
+    assert r.success
+
+
+async def test_wrong_body_fails_regexp(servers):
+    r = await probe(target(servers, url=servers.url("/html"), fail_if_body_matches_regexp='["(?i)maintenance"]'))
+    assert (r.success, r.reason.value) == (False, "body_regexp")
+    r = await probe(target(servers, url=servers.url("/html"), fail_if_body_not_matches_regexp='["healthy"]'))
+    assert (r.success, r.reason.value) == (False, "body_regexp")
+
+
+async def test_slow_server_times_out_at_the_deadline(servers):
+    t = target(servers, url=servers.url("/slow"), timeout="500ms")
+    started = time.monotonic()
+    r = await probe(t)
+    elapsed = time.monotonic() - started
+    assert (r.success, r.reason.value) == (False, "timeout")
+    assert 0.45 < elapsed < 1.0  # the server answers only after 3 s
+
+
+async def test_server_that_accepts_and_never_answers_times_out(servers):
+    r = await probe(target(servers, url=f"http://127.0.0.1:{servers.hang_port}/", timeout="300ms"))
+    assert (r.success, r.reason.value) == (False, "timeout")
+    assert r.duration < 0.8
+
+
+async def test_refused_port(servers):
+    r = await probe(target(servers, url=f"http://127.0.0.1:{servers.closed_port}/"))
+    assert (r.success, r.reason.value, r.message) == (False, "connection_refused", "connection refused")
+    assert samples(r)["stackwatch_http_status_code"] == 0
+
+
+async def test_unresolvable_host_is_a_dns_failure(servers):
+    r = await probe(target(servers, url="http://stackwatch-no-such-host.invalid/"))
+    assert (r.success, r.reason.value) == (False, "dns")
+
+
+@pytest.mark.parametrize("path", ["/huge", "/huge-declared"])
+async def test_huge_body_is_cut_off_at_the_limit(servers, path):
+    r = await probe(target(servers, url=servers.url(path), body_size_limit="1MiB", timeout="5s"))
+    assert (r.success, r.reason.value) == (False, "body_too_large")
+    assert "1048576 bytes" in r.message
+
+
+async def test_invalid_json(servers):
+    r = await probe(target(servers, url=servers.url("/invalid-json"), assertions='["$.status == healthy"]'))
+    assert (r.success, r.reason.value) == (False, "invalid_json")
+    assert r.message.startswith("body is not valid JSON")
+
+
+async def test_self_signed_tls_without_ca_file_fails_tls(servers):
+    r = await probe(target(servers, url=servers.https_url("/health")))
+    assert (r.success, r.reason.value) == (False, "tls")
+    assert "CERTIFICATE_VERIFY_FAILED" in r.message
+
+
+async def test_tls_with_ca_file_succeeds_and_reports_cert_expiry(servers):
+    r = await probe(target(servers, url=servers.https_url("/health"), tls_config=f"{{ca_file: {servers.tls['ca']}}}"))
+    assert r.success, r.message
+    s = samples(r)
+    assert s["stackwatch_http_tls_cert_expiry_timestamp_seconds"] == pytest.approx(servers.tls["expiry"], abs=1)
+    assert s["stackwatch_http_phase_duration_seconds{phase=tls}"] > 0
+    assert any(k.startswith("stackwatch_http_tls_version_info{version=TLSv1.") for k in s)
+
+
+async def test_tls_insecure_skip_verify_still_reads_expiry(servers):
+    r = await probe(target(servers, url=servers.https_url("/health"), tls_config="{insecure_skip_verify: true}"))
+    assert r.success, r.message
+    assert samples(r)["stackwatch_http_tls_cert_expiry_timestamp_seconds"] == pytest.approx(servers.tls["expiry"], abs=1)
+
+
+async def test_redirects_followed_and_counted(servers):
+    r = await probe(target(servers, url=servers.url("/redirect")))
+    assert r.success and samples(r)["stackwatch_http_redirects"] == 1
+    r = await probe(target(servers, url=servers.url("/redirect"), follow_redirects="false"))
+    assert (r.success, r.reason.value, r.message) == (False, "http_status", "HTTP status 302; expected 2xx")
+
+
+async def test_bearer_token_from_env_is_sent_and_never_logged(servers):
+    t = target(servers, url=servers.url("/auth"), authorization='{credentials: "${TOKEN}"}')
+    r = await probe(t)
+    assert r.success, r.message
+    assert "s3cr3t-token-value" not in "\n".join(r.log)
+    no_auth = await probe(target(servers, url=servers.url("/auth")))
+    assert (no_auth.reason.value, no_auth.message) == ("http_status", "HTTP status 401; expected 2xx")
+
+
+async def test_one_hanging_target_does_not_delay_another(servers):
+    hang = target(servers, url=f"http://127.0.0.1:{servers.hang_port}/", timeout="2s")
+    ok = target(servers, url=servers.url("/health"))
+    started = time.monotonic()
+    hang_task = asyncio.create_task(run_probe(hang))
+    r = await run_probe(ok)
+    assert r.success and time.monotonic() - started < 0.5
+    assert (await hang_task).reason.value == "timeout"
+    await close_clients()
+
+
+async def test_rendered_result_has_target_and_user_labels(servers):
+    t = parse_config(f"""defaults: {{labels: {{env: prod}}}}
+targets:
+  - {{name: web, kind: http, url: "{servers.url('/health')}", labels: {{team: pam}}}}
+""").targets[0]
+    r = await probe(t)
+    text = "".join(render_result(t, r).values())
+    assert 'stackwatch_probe_success{target="web",kind="http",env="prod",team="pam"} 1\n' in text
+    assert "127.0.0.1" not in text  # no URL in any label
