@@ -6,8 +6,8 @@
 * A global semaphore bounds probes in flight (and a kind may set a lower bound of its own).
   The latency timer and the deadline start after a slot is acquired; the wait for the slot
   is scheduler lag, exported as its own histogram.
-* A run of a target is awaited before its next run is scheduled: no overlap.  Slots missed
-  because a probe was late are skipped, not queued.
+* A run of a target is awaited before its next run is scheduled: no overlap.  A slot that
+  passed during a run starts late; slots missed by a whole interval are skipped, not queued.
 """
 
 from __future__ import annotations
@@ -146,8 +146,10 @@ class Scheduler:
                                                       "error": result.message})
                 previous = result.success
             next_at += interval
-            now = loop.time()
-            if next_at <= now:
-                missed = int((now - next_at) // interval) + 1
+            # A run that used its whole timeout (<= interval) ends just after the next slot: that
+            # slot still runs, late.  Only slots missed by a whole interval or more are skipped.
+            behind = loop.time() - next_at
+            if behind >= interval:
+                missed = int(behind // interval)
                 self.skipped += missed
                 next_at += missed * interval

@@ -1,0 +1,195 @@
+"""End to end: stackwatch as a process, scraped every second by the real Prometheus (Debian package)."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import Prometheus, Stackwatch, http_get, http_post, require_binary, stackwatch_scrape, wait_until
+
+TOKEN = "s3cr3t-token-value"  # what tests/targets.py /auth accepts
+
+
+def write_config(path: Path, servers, extra: str = "") -> Path:
+    path.write_text(f"""defaults:
+  interval: 1s
+  timeout: 800ms
+  labels: {{env: e2e}}
+targets:
+  - name: healthy
+    kind: http
+    url: {servers.url('/health')}
+    assertions: ["$.status == healthy", "len($.features) > 0"]
+    info: {{version: $.version, feature: $.features}}
+  - name: broken-500
+    kind: http
+    url: {servers.url('/500')}
+  - name: degraded
+    kind: http
+    url: {servers.url('/degraded')}
+    assertions: ["$.status == healthy"]
+  - name: refused
+    kind: http
+    url: http://127.0.0.1:{servers.closed_port}/
+  - name: hangs
+    kind: http
+    url: http://127.0.0.1:{servers.hang_port}/
+    timeout: 500ms
+  - name: tls
+    kind: http
+    url: {servers.https_url('/auth')}
+    tls_config: {{ca_file: {servers.tls['ca']}}}
+    authorization: {{credentials: "${{E2E_TOKEN}}"}}
+{extra}""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(servers, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = write_config(tmp / "stackwatch.yml", servers)
+    sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN})
+    prom = Prometheus(tmp, [stackwatch_scrape(sw)])
+    yield sw, prom, cfg
+    prom.stop()
+    sw.stop()
+    assert TOKEN not in sw.log(), "a secret reached the log"
+
+
+def test_prometheus_ingests_success_and_reasons(stack):
+    sw, prom, _ = stack
+    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 6)
+    up = {r["metric"]["target"]: float(r["value"][1]) for r in prom.query("stackwatch_probe_success")}
+    assert up == {"healthy": 1, "tls": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0}
+    reasons = {r["metric"]["target"]: r["metric"]["reason"] for r in prom.query("stackwatch_probe_failure_reason == 1")}
+    assert reasons == {"broken-500": "http_status", "degraded": "assertion", "refused": "connection_refused",
+                       "hangs": "timeout"}
+    assert prom.value('stackwatch_http_status_code{target="broken-500"}') == 500
+    versions = prom.query('stackwatch_http_body_info{target="healthy",key="version"}')
+    assert [v["metric"]["value"] for v in versions] == ["3.0.0-social"]
+    assert prom.value('count(stackwatch_http_body_info{target="healthy",key="feature"})') == 3
+
+
+def test_latency_histogram_and_error_ratio_are_queryable(stack):
+    _, prom, _ = stack
+    # The histogram has exact edges at the documented thresholds (THRESHOLDS.md L1-L4).
+    les = {r["metric"]["le"] for r in prom.query('stackwatch_probe_duration_seconds_bucket{target="healthy"}')}
+    assert {"0.3", "0.5", "1.0", "2.0", "5.0"} <= les
+    p95 = prom.wait_for('histogram_quantile(0.95, rate(stackwatch_probe_duration_seconds_bucket{target="healthy"}[30s]))',
+                        lambda r: r and r[0]["value"][1] != "NaN")
+    assert 0 < float(p95[0]["value"][1]) <= 0.3
+    ratio = prom.wait_for('sum by (target) (rate(stackwatch_probes_total{result="failure"}[30s])) '
+                          '/ sum by (target) (rate(stackwatch_probes_total[30s]))',
+                          lambda r: len(r) == 6 and all(x["value"][1] != "NaN" for x in r))
+    by_target = {r["metric"]["target"]: float(r["value"][1]) for r in ratio}
+    assert by_target["healthy"] == 0 and by_target["refused"] == 1
+
+
+def test_promtool_check_metrics_passes_on_real_output(stack):
+    sw, prom, _ = stack
+    wait_until(lambda: "stackwatch_http_tls_cert_expiry_timestamp_seconds" in sw.metrics(), 10, "TLS metrics")
+    body = http_get(sw.base + "/metrics", headers={"Accept": "text/plain"})[2]
+    proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    # promtool only parses the text format; Prometheus itself asks for OpenMetrics first,
+    # so a clean scrape proves the OpenMetrics output parses too.
+    targets = prom.api("targets")["activeTargets"]
+    assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")]
+
+
+def test_metrics_content_negotiation_and_gzip(stack):
+    sw, _, _ = stack
+    status, headers, body = http_get(sw.base + "/metrics")
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert b"# EOF" not in body
+    status, headers, body = http_get(sw.base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n") and b"# TYPE stackwatch_probes counter" in body
+    status, headers, body = http_get(sw.base + "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"stackwatch_build_info{" in gzip.decompress(body)
+
+
+def test_no_secret_in_metrics_debug_page_or_status_page(stack):
+    sw, _, _ = stack
+    pages = [sw.metrics(), http_get(sw.base + "/")[2].decode(),
+             http_get(sw.base + "/probe?target=tls&debug=true")[2].decode()]
+    for page in pages:
+        assert TOKEN not in page
+    assert "credentials: <secret>" in pages[2]
+
+
+def test_probe_endpoint_runs_one_target_now(stack):
+    sw, _, _ = stack
+    status, _, body = http_get(sw.base + "/probe?target=degraded")
+    text = body.decode()
+    assert status == 200
+    assert 'stackwatch_probe_success{target="degraded",kind="http",env="e2e"} 0' in text
+    assert 'reason="assertion"' in text
+    assert "stackwatch_build_info" not in text  # self metrics stay on /metrics
+    status, _, body = http_get(sw.base + "/probe?target=degraded&debug=true")
+    debug = body.decode()
+    assert "assertion FAILED: $.status (degraded) == healthy" in debug
+    assert "Target configuration (secrets masked):" in debug
+    assert http_get(sw.base + "/probe?target=nope")[0] == 404
+    assert http_get(sw.base + "/probe")[0] == 400
+
+
+def test_status_page_lists_every_target_with_reason(stack):
+    sw, _, _ = stack
+    page = http_get(sw.base + "/")[2].decode()
+    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls"):
+        assert f"<td>{name}</td>" in page
+    assert "http_status: HTTP status 500; expected 2xx" in page
+
+
+def test_reload_valid_then_invalid_then_sighup(servers, tmp_path):
+    cfg = tmp_path / "reload.yml"
+    cfg.write_text(f"""defaults: {{interval: 1s}}
+targets:
+  - {{name: first, kind: http, url: "{servers.url('/health')}"}}
+""")
+    sw = Stackwatch(cfg, tmp_path)
+    try:
+        wait_until(lambda: 'stackwatch_probe_success{target="first"' in sw.metrics(), 10, "first probe")
+        # A valid reload changes the target set.
+        cfg.write_text(f"""defaults: {{interval: 1s}}
+targets:
+  - {{name: first, kind: http, url: "{servers.url('/health')}"}}
+  - {{name: second, kind: http, url: "{servers.url('/500')}"}}
+""")
+        status, body = http_post(sw.base + "/-/reload")
+        assert status == 200 and b"OK, 2 targets" in body
+        wait_until(lambda: 'stackwatch_probe_success{target="second",kind="http"} 0' in sw.metrics(), 10, "second")
+        # An invalid one is rejected with its error; the running targets keep being probed.
+        cfg.write_text("targets:\n  - {name: third, kind: http, url: http://x/, timeout: fast}\n")
+        status, body = http_post(sw.base + "/-/reload")
+        assert status == 400
+        assert 'targets[0].timeout (line 2, column 47): expected a duration like 5s, got "fast"' in body.decode()
+        text = sw.metrics()
+        assert "stackwatch_config_last_reload_successful 0" in text
+        assert 'target="third"' not in text
+        before = _runs(sw, "first")
+        wait_until(lambda: _runs(sw, "first") > before, 5, "first still probed after a bad reload")
+        assert "reload failed, keeping the running config" in sw.log()
+        # SIGHUP reloads too.
+        cfg.write_text(f"targets:\n  - {{name: fourth, kind: http, url: \"{servers.url('/health')}\", interval: 1s}}\n")
+        sw.signal(signal.SIGHUP)
+        wait_until(lambda: "stackwatch_config_last_reload_successful 1" in sw.metrics(), 10, "SIGHUP reload")
+        text = sw.metrics()
+        assert 'target="first"' not in text and 'stackwatch_probe_timeout_seconds{target="fourth"' in text
+        assert http_get(sw.base + "/-/reload")[0] == 405
+    finally:
+        sw.stop()
+
+
+def _runs(sw: Stackwatch, target: str) -> int:
+    total = 0
+    for line in sw.metrics().splitlines():
+        if line.startswith(f'stackwatch_probes_total{{target="{target}"'):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
