@@ -1,6 +1,6 @@
 """A small simulated platform for the example config: the services of the seed documents.
 
-    python examples/platform.py [--port 18500]
+    python examples/demo_platform.py [--port 18500]
 
 Serves, on one port:
   /pam-talk/health      PAM-TALK main platform: healthy, version 3.0.0-social, three features
