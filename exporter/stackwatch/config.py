@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     WithJsonSchema,
@@ -159,8 +160,12 @@ class TargetConfig(Model):
                 )
         return data
 
+    _secrets: list[str] | None = PrivateAttr(default=None)
+
     def secrets(self) -> list[str]:
-        """Every secret value this target holds, for scrubbing log lines and errors."""
+        """Every secret value this target holds, for scrubbing log lines and errors (computed once)."""
+        if self._secrets is not None:
+            return self._secrets
         out: list[str] = []
 
         def walk(obj: Any) -> None:
@@ -182,6 +187,7 @@ class TargetConfig(Model):
                     walk(v)
 
         walk(self)
+        self._secrets = out
         return out
 
 

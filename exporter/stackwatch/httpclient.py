@@ -7,8 +7,14 @@ Why the client is set up this way (measured, see bench/RESULTS.md and research/p
 * Fresh connection per probe by default (``max_keepalive_connections=0``), as
   blackbox_exporter does, so a dead listener or a failing handshake is seen, and
   ``Connection: close`` so TIME_WAIT lands on the target.
-* Opt-in keep-alive uses a small pool (16) with a semaphore of the same size: httpcore's
-  pool bookkeeping is O(pool^2) and a large pool costs 3-5 CPU-ms per request.
+* Fresh connections go through :class:`~stackwatch.rawtransport.RawHTTPTransport`, a lean
+  HTTP/1.1 transport under httpx's API: httpcore's pool bookkeeping is O(pool^2) per request
+  and its anyio/h11 layers cost most of a CPU-ms per probe (bench/RESULTS.md).
+* Opt-in keep-alive uses httpx's own pooled transport, small (16), behind a semaphore of the
+  same size, so requests never queue inside the pool.
+* ``sniffio`` is a dependency although nothing imports it directly: without it httpcore (used for
+  keep-alive targets) retries a failing ``import sniffio`` on every lock it creates, a filesystem
+  search costing ~1 ms per request.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from stackwatch.config import ByteSize, Model, Secret, secret_from
 from stackwatch.probes.base import ProbeContext, ProbeFailure, Reason
+from stackwatch.rawtransport import RawHTTPTransport
 from stackwatch.redact import redact_url
 
 KEEPALIVE_POOL = 16
@@ -146,6 +153,39 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return ctx
 
 
+class _NoCookies(httpx.Cookies):
+    """Probes are independent: no cookie jar is shared between them (and none is parsed)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class ProbeClient(httpx.AsyncClient):
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return _NoCookies()
+
+    @cookies.setter
+    def cookies(self, value: Any) -> None:
+        pass
+
+
+_urls: dict[str, httpx.URL] = {}
+
+
+def parsed_url(url: str) -> httpx.URL:
+    """httpx parses a URL string on every request (~0.1 ms); targets' URLs never change."""
+    u = _urls.get(url)
+    if u is None:
+        if len(_urls) > 100_000:
+            _urls.clear()
+        u = _urls[url] = httpx.URL(url)
+    return u
+
+
 @dataclass
 class _Client:
     client: httpx.AsyncClient
@@ -160,12 +200,12 @@ def client_for(req: HTTPRequest) -> _Client:
     key = (id(loop), req.tls_config.key(), req.keep_alive)
     c = _clients.get(key)
     if c is None or c.client.is_closed:
-        limits = (
-            httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
-            if req.keep_alive
-            else httpx.Limits(max_connections=None, max_keepalive_connections=0)
-        )
-        client = httpx.AsyncClient(verify=ssl_context(req.tls_config), limits=limits, trust_env=False, http2=False)
+        ctx = ssl_context(req.tls_config)
+        if req.keep_alive:
+            limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
+            client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False)
+        else:
+            client = ProbeClient(transport=RawHTTPTransport(ctx), trust_env=False)
         c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
         _clients[key] = c
     return c
@@ -282,7 +322,7 @@ async def fetch(req: HTTPRequest, ctx: ProbeContext) -> Response:
         await c.gate.acquire()
     try:
         async with c.client.stream(
-            req.method, req.url, headers=headers, content=req.body, auth=auth,
+            req.method, parsed_url(req.url), headers=headers, content=req.body, auth=auth,
             follow_redirects=req.follow_redirects, timeout=timeout, extensions=extensions,
         ) as resp:
             ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history)} redirect(s)")
