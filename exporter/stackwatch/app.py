@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import platform
@@ -39,6 +40,9 @@ class Exporter:
         self.store.set_targets(self.config)
         self.scheduler = Scheduler(self.store.record, self.config.scheduler)
         self.scheduler.apply(self.config)
+        # Config models and imported modules live for the whole run: keep them out of the
+        # cyclic GC's generations so full collections stay short (research/perf-baseline.md §6).
+        gc.freeze()
         self.ready = True
         log.info("started", extra={"config": self.config_path, "targets": len(self.config.targets)})
 

@@ -34,7 +34,7 @@ async def metrics(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     om = _wants_openmetrics(request)
     gz = _wants_gzip(request)
-    body = ex.store.render(om, ex.self_metrics, gz)
+    body = await ex.store.render(om, ex.self_metrics, gz)
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding, Accept"}
     if gz:
         headers["Content-Encoding"] = "gzip"

@@ -6,6 +6,7 @@ ready-made strings, so /metrics never waits on a probe and costs little at 10k t
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import gzip
 from collections.abc import Callable, Iterable
@@ -71,10 +72,10 @@ class TargetState:
     by_reason: dict[str, int] = field(default_factory=dict)
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     duration_sum: float = 0.0
-    chunks: dict[str, str] = field(default_factory=dict)
+    chunks: dict[str, bytes] = field(default_factory=dict)
 
     def render(self) -> None:
-        chunks = render_result(self.target, self.result, self.labels)
+        chunks: dict[str, str] = render_result(self.target, self.result, self.labels)
         chunks[PROBES.name] = (line(PROBES.name, f'{self.labels},result="success"', self.successes)
                                + line(PROBES.name, f'{self.labels},result="failure"', self.failures))
         if self.by_reason:
@@ -82,7 +83,8 @@ class TargetState:
                 line(FAILURES.name, f'{self.labels},reason="{r}"', n) for r, n in sorted(self.by_reason.items()))
         chunks[LATENCY.name] = histogram_lines(LATENCY.name, self.labels, LATENCY_BUCKETS, self.buckets,
                                                self.duration_sum)
-        self.chunks = chunks
+        # Encoded once here, so a scrape is a plain bytes join (memcpy), not 10k encodes.
+        self.chunks = {k: v.encode() for k, v in chunks.items()}
 
 
 class Store:
@@ -91,7 +93,9 @@ class Store:
     def __init__(self) -> None:
         self.states: dict[str, TargetState] = {}
         self._version = 0
-        self._cache: dict[tuple[bool, bool], tuple[int, bytes]] = {}
+        self._families: set[str] = set()
+        self._cache: dict[bool, tuple[int, bytes]] = {}
+        self._lock: asyncio.Lock | None = None
 
     def set_targets(self, config: Config) -> None:
         """Keep state (counters, last result) of targets whose config is unchanged; drop removed ones."""
@@ -110,6 +114,7 @@ class Store:
                 state.render()
                 new[t.name] = state
         self.states = new
+        self._families = {name for s in new.values() for name in s.chunks}
         self._version += 1
 
     def record(self, name: str, result: ProbeResult) -> None:
@@ -126,34 +131,51 @@ class Store:
         state.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.duration)] += 1
         state.duration_sum += result.duration
         state.render()
+        if not self._families.issuperset(state.chunks):
+            self._families.update(state.chunks)
         self._version += 1
 
     def families_in_use(self) -> list[str]:
-        names: set[str] = set()
-        for s in self.states.values():
-            names.update(s.chunks)
         core = [f.name for f in CORE_ORDER]
-        return [n for n in core if n in names] + sorted(names - set(core))
+        return [n for n in core if n in self._families] + sorted(self._families - set(core))
 
-    def render(self, openmetrics: bool, extra: Callable[[bool], Iterable[str]], compress: bool) -> bytes:
-        """The whole /metrics body (target series plus ``extra`` self metrics), cached per store version.
+    async def targets_body(self, openmetrics: bool) -> bytes:
+        """Every target's series, grouped by family; rebuilt only when a result arrived.
 
-        Self metrics are cheap and always fresh; the target part is rebuilt only when a result arrived.
+        At 10k targets the body is ~20 MB: it is joined family by family, yielding to the event
+        loop in between, so a scrape never stalls running probes for more than a few ms.
         """
-        key = (openmetrics, False)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] != self._version:
-            parts: list[str] = []
+        cached = self._cache.get(openmetrics)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:  # concurrent scrapes share one rebuild
+            cached = self._cache.get(openmetrics)
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            version = self._version
             states = list(self.states.values())
+            parts: list[bytes] = []
             for name in self.families_in_use():
                 fam = FAMILIES[name]
-                parts.append(header(fam.name, fam.type, fam.help, openmetrics))
-                parts.extend(s.chunks.get(name, "") for s in states)
-            cached = (self._version, "".join(parts).encode())
-            self._cache[key] = cached
-        body = cached[1] + "".join(extra(openmetrics)).encode()
+                parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
+                parts.append(b"".join([s.chunks.get(name, b"") for s in states]))
+                if len(states) > 500:
+                    await asyncio.sleep(0)
+            body = b"".join(parts)
+            self._cache[openmetrics] = (version, body)
+            return body
+
+    async def render(self, openmetrics: bool, extra: Callable[[bool], Iterable[str]], compress: bool) -> bytes:
+        """The whole /metrics body: target series plus ``extra`` self metrics (always fresh)."""
+        body = await self.targets_body(openmetrics) + "".join(extra(openmetrics)).encode()
         if openmetrics:
             body += b"# EOF\n"
         if compress:
+            # Level 1: 4-5x faster than level 9 for ~12 % more bytes.  zlib releases the GIL, so
+            # a big body is compressed off the event loop.
+            if len(body) > 256 * 1024:
+                return await asyncio.to_thread(gzip.compress, body, 1, mtime=0)
             return gzip.compress(body, compresslevel=1, mtime=0)
         return body
