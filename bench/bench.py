@@ -91,10 +91,14 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []
 
 
-def get(url: str, timeout: float = 30, gz: bool = False) -> bytes:
+def get(url: str, timeout: float = 30, gz: bool = False, timing: list[float] | None = None) -> bytes:
+    """GET a URL; with ``timing``, append the ms until the last (compressed) byte arrived."""
     req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gz else {})
+    started = time.perf_counter()
     with urllib.request.urlopen(req, timeout=timeout) as r:
         data = r.read()
+    if timing is not None:
+        timing.append((time.perf_counter() - started) * 1000)
     return gzip.decompress(data) if gz else data
 
 
@@ -174,8 +178,7 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
         seen: dict[str, float] = {}
         while time.monotonic() - t0 < args.window:
             s = time.perf_counter()
-            body = get(base + "/metrics", gz=True)  # as Prometheus asks for it
-            scrape_ms.append((time.perf_counter() - s) * 1000)
+            body = get(base + "/metrics", gz=True, timing=scrape_ms)  # gzip, as Prometheus asks for it
             m = parse_metrics(body.decode())
             last_run = {l["target"]: v for l, v in m["stackwatch_probe_last_run_timestamp_seconds"]}
             for labels, v in m["stackwatch_probe_last_duration_seconds"]:
@@ -207,25 +210,39 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
         proc.wait(20)
 
 
-async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: int) -> int:
+async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: int, rate: float | None = None) -> int:
+    """Send ``total`` /probe requests, ``concurrency`` at a time; with ``rate``, paced at rate/s."""
     import aiohttp
 
     done = 0
-    it = iter(range(total))
+    sem = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        async def worker() -> None:
+        async def one(i: int) -> None:
             nonlocal done
-            for i in it:
+            async with sem:
                 url = urls[i % len(urls)]
                 async with session.get(f"{base}/probe", params={"target": url, "module": "http_2xx"}) as r:
-                    body = await r.read()
-                    if b"probe_success 1" in body:
+                    if b"probe_success 1" in await r.read():
                         done += 1
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        tasks = []
+        for i in range(total):
+            if rate:
+                delay = start + i / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                await sem.acquire()
+                sem.release()
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
     return done
 
 
-def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: Path) -> dict[str, float] | None:
+def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: Path,
+                 rate: float | None = None) -> dict[str, float] | None:
     binary = shutil.which("prometheus-blackbox-exporter")
     if not binary:
         return None
@@ -246,7 +263,7 @@ def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: P
         urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/health/{i}" for i in range(DELAYED_TARGETS, n)]
         asyncio.run(drive_blackbox(base, urls, 500, concurrency))  # warm-up
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency))
+        ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency, rate))
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         return {"probes": probes, "succeeded": ok, "probes_per_s": probes / (t1 - t0),
                 "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / probes, "rss_mb": rss_mb(proc.pid)}
@@ -278,9 +295,15 @@ def main() -> None:
         try:
             for n in args.targets:
                 sw = run_stackwatch(n, ports, args, tmp)
+                # blackbox twice on the same targets: flat out (its best CPU/probe), and paced at
+                # stackwatch's probe rate (the same operating point, the fair comparison).
                 bb = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp)
-                row = {"stackwatch": sw, "blackbox": bb,
-                       "cpu_ratio_vs_blackbox": sw["cpu_ms_per_probe"] / bb["cpu_ms_per_probe"] if bb else None}
+                bb_paced = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp,
+                                        rate=sw["probes_per_s"])
+                row = {"stackwatch": sw, "blackbox_flat_out": bb, "blackbox_same_rate": bb_paced,
+                       "cpu_ratio_vs_blackbox_flat_out": sw["cpu_ms_per_probe"] / bb["cpu_ms_per_probe"] if bb else None,
+                       "cpu_ratio_vs_blackbox_same_rate":
+                           sw["cpu_ms_per_probe"] / bb_paced["cpu_ms_per_probe"] if bb_paced else None}
                 results["runs"].append(row)  # type: ignore[union-attr]
                 print(json.dumps(row, indent=2), flush=True)
         finally:
