@@ -24,6 +24,25 @@ from cryptography.x509.oid import NameOID
 PAM_TALK_HEALTH = {"status": "healthy", "version": "3.0.0-social", "features": ["social", "esg", "rewards"]}
 
 
+# Seed 001: the energy pool overview, two partners, one of them low on energy.
+ENERGY_OVERVIEW = {
+    "status": "healthy",
+    "total_partners": 2,
+    "blockchain": {"synced": True, "last_sync_block": 48211093},
+    "partners": [
+        {"partner_id": "P-001", "name": "Green Farm", "current_energy": 8200.0, "max_capacity": 10000.0,
+         "level_percent": 82.0, "status": "normal", "unacknowledged_alerts": 0, "auto_refill": True},
+        {"partner_id": "P-002", "name": "Sun\u0007Coop", "current_energy": 1250.0, "max_capacity": 10000.0,
+         "level_percent": 12.5, "status": "low", "unacknowledged_alerts": 3, "auto_refill": False},
+    ],
+    "pools_by_region": {"seoul": {"level_percent": "70.1"}, "busan": {"level_percent": 35}},
+}
+
+# Seed 002: AI-GO realtime-stats as the API returned it.
+AI_GO_STATS = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "degradedModels": 1,
+               "outageModels": 1, "avgAvailability": 96.9}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,7 +105,18 @@ def default_routes() -> dict[str, Callable[[web.Request], Awaitable[web.StreamRe
             return web.Response(status=401, text="unauthorized")
         return web.json_response({"status": "healthy"})
 
+    async def energy(_: web.Request) -> web.Response:
+        return web.json_response(ENERGY_OVERVIEW)
+
+    async def ai_go(_: web.Request) -> web.Response:
+        return web.json_response(AI_GO_STATS)
+
+    async def many(request: web.Request) -> web.Response:
+        n = int(request.query.get("n", "2000"))
+        return web.json_response({"items": [{"id": i, "v": i} for i in range(n)]})
+
     return {
+        "/api/v1/energy/overview": energy, "/ai-go/realtime-stats": ai_go, "/many": many,
         "/health": health, "/degraded": degraded, "/500": error500, "/slow": slow, "/huge": huge,
         "/huge-declared": huge_declared, "/invalid-json": invalid_json, "/html": html, "/redirect": redirect,
         "/auth": auth,

@@ -44,6 +44,21 @@ targets:
     url: {servers.https_url('/auth')}
     tls_config: {{ca_file: {servers.tls['ca']}}}
     authorization: {{credentials: "${{E2E_TOKEN}}"}}
+  - name: energy
+    kind: json
+    url: {servers.url('/api/v1/energy/overview')}
+    namespace: energy
+    metrics:
+      - name: pool_level_percent
+        help: Energy pool fill level per partner.
+        path: $.partners[*]
+        value: $.level_percent
+        labels: {{partner_id: $.partner_id}}
+      - name: pool_status
+        path: $.partners[*]
+        value: $.status
+        labels: {{partner_id: $.partner_id}}
+        value_map: {{normal: 1, low: 0.5, empty: 0}}
 {extra}""")
     return path
 
@@ -62,9 +77,9 @@ def stack(servers, tmp_path_factory):
 
 def test_prometheus_ingests_success_and_reasons(stack):
     sw, prom, _ = stack
-    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 6)
+    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 7)
     up = {r["metric"]["target"]: float(r["value"][1]) for r in prom.query("stackwatch_probe_success")}
-    assert up == {"healthy": 1, "tls": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0}
+    assert up == {"healthy": 1, "tls": 1, "energy": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0}
     reasons = {r["metric"]["target"]: r["metric"]["reason"] for r in prom.query("stackwatch_probe_failure_reason == 1")}
     assert reasons == {"broken-500": "http_status", "degraded": "assertion", "refused": "connection_refused",
                        "hangs": "timeout"}
@@ -72,6 +87,18 @@ def test_prometheus_ingests_success_and_reasons(stack):
     versions = prom.query('stackwatch_http_body_info{target="healthy",key="version"}')
     assert [v["metric"]["value"] for v in versions] == ["3.0.0-social"]
     assert prom.value('count(stackwatch_http_body_info{target="healthy",key="feature"})') == 3
+
+
+def test_json_target_series_and_labels_ingested(stack):
+    _, prom, _ = stack
+    levels = prom.wait_for("stackwatch_energy_pool_level_percent", lambda r: len(r) == 2)
+    by_partner = {r["metric"]["partner_id"]: float(r["value"][1]) for r in levels}
+    assert by_partner == {"P-001": 82.0, "P-002": 12.5}
+    assert set(levels[0]["metric"]) == {"__name__", "instance", "job", "target", "kind", "env", "partner_id"}
+    low = prom.query("stackwatch_energy_pool_status < 1")
+    assert [(r["metric"]["partner_id"], r["value"][1]) for r in low] == [("P-002", "0.5")]
+    meta = prom.api("metadata", metric="stackwatch_energy_pool_level_percent")
+    assert meta["stackwatch_energy_pool_level_percent"][0]["help"] == "Energy pool fill level per partner."
 
 
 def test_latency_histogram_and_error_ratio_are_queryable(stack):
@@ -84,7 +111,7 @@ def test_latency_histogram_and_error_ratio_are_queryable(stack):
     assert 0 < float(p95[0]["value"][1]) <= 0.3
     ratio = prom.wait_for('sum by (target) (rate(stackwatch_probes_total{result="failure"}[30s])) '
                           '/ sum by (target) (rate(stackwatch_probes_total[30s]))',
-                          lambda r: len(r) == 6 and all(x["value"][1] != "NaN" for x in r))
+                          lambda r: len(r) == 7 and all(x["value"][1] != "NaN" for x in r))
     by_target = {r["metric"]["target"]: float(r["value"][1]) for r in ratio}
     assert by_target["healthy"] == 0 and by_target["refused"] == 1
 
@@ -142,7 +169,7 @@ def test_probe_endpoint_runs_one_target_now(stack):
 def test_status_page_lists_every_target_with_reason(stack):
     sw, _, _ = stack
     page = http_get(sw.base + "/")[2].decode()
-    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls"):
+    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy"):
         assert f"<td>{name}</td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
 

@@ -162,6 +162,10 @@ class TargetConfig(Model):
 
     _secrets: list[str] | None = PrivateAttr(default=None)
 
+    def declared_families(self) -> list[Any]:
+        """Metric families this target's config declares (JSON/SQL metrics); checked across targets."""
+        return []
+
     def secrets(self) -> list[str]:
         """Every secret value this target holds, for scrubbing log lines and errors (computed once)."""
         if self._secrets is not None:
@@ -496,9 +500,22 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
             continue
         targets.append(resolved)
 
+    _check_family_conflicts(targets, add)
     if problems:
         raise ConfigError(source, sorted(problems, key=_order))
     return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source)
+
+
+def _check_family_conflicts(targets: list[TargetConfig], add: Any) -> None:
+    """One metric name must have one type across all targets, or the exposition is invalid."""
+    first: dict[str, tuple[str, str]] = {}
+    for t in targets:
+        for fam in t.declared_families():
+            seen = first.setdefault(fam.name, (fam.type, t.name))
+            if seen[0] != fam.type:
+                index = next(i for i, x in enumerate(targets) if x is t)
+                add(("targets", index, "metrics"),
+                    f'metric {fam.name} is a {fam.type} here but a {seen[0]} in target "{seen[1]}"')
 
 
 def _order(p: Problem) -> tuple[int, int]:

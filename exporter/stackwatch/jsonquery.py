@@ -34,18 +34,16 @@ class JSONPathExpr:
     def find(self, doc: Any) -> list[Any]:
         return [m.value for m in self.compiled.find(doc)]
 
-    def find_with_keys(self, doc: Any) -> list[tuple[str, Any]]:
-        """Matches with the last path element (map key or array index) that led to each."""
+    def find_with_keys(self, doc: Any) -> list[tuple[str, str, Any]]:
+        """Matches as (map key or array index, where in the document, value)."""
         out = []
         for m in self.compiled.find(doc):
             path = m.path
-            key = getattr(path, "fields", None)
-            if key:
-                out.append((str(key[0]), m.value))
-            elif hasattr(path, "index"):
-                out.append((str(path.index), m.value))
-            else:
-                out.append(("", m.value))
+            fields = getattr(path, "fields", None)
+            indices = getattr(path, "indices", None)
+            key = str(fields[0]) if fields else str(indices[0]) if indices else ""
+            where = "$." + str(m.full_path).replace(".[", "[")
+            out.append((key, where, m.value))
         return out
 
     def __str__(self) -> str:

@@ -56,7 +56,7 @@ async def probe(request: web.Request) -> web.Response:
     om = _wants_openmetrics(request)
     parts = []
     for fam_name, text in chunks.items():
-        fam = FAMILIES[fam_name]
+        fam = FAMILIES.get(fam_name) or next(f for f, _, _ in result.samples if f.name == fam_name)
         parts.append(header(fam.name, fam.type, fam.help, om) + text)
     body = "".join(parts)
     if request.query.get("debug", "").lower() in ("1", "true", "yes"):

@@ -108,6 +108,7 @@ class Store:
         self.states: dict[str, TargetState] = {}
         self._version = 0
         self._families: set[str] = set()
+        self._dynamic: dict[str, Family] = {}  # config-declared families, learnt from samples
         self._cache: dict[bool, tuple[int, bytes]] = {}
         self._lock: asyncio.Lock | None = None
 
@@ -147,6 +148,9 @@ class Store:
         state.render()
         if not self._families.issuperset(state.chunks):
             self._families.update(state.chunks)
+            for fam, _, _ in result.samples:
+                if fam.name not in FAMILIES:
+                    self._dynamic[fam.name] = fam
         self._version += 1
 
     def families_in_use(self) -> list[str]:
@@ -172,7 +176,7 @@ class Store:
             states = list(self.states.values())
             parts: list[bytes] = []
             for name in self.families_in_use():
-                fam = FAMILIES[name]
+                fam = FAMILIES.get(name) or self._dynamic[name]
                 parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
                 for i in range(0, len(states), 1000):  # slices keep each stall of the loop ~1 ms
                     parts.append(b"".join([s.chunks.get(name, b"") for s in states[i:i + 1000]]))

@@ -64,8 +64,19 @@ class Family:
         FAMILIES.setdefault(self.name, self)
 
 
+class DynamicFamily(Family):
+    """A family declared by a config file (a JSON or SQL metric), not by stackwatch's code.
+
+    Not registered globally: it lives as long as the config that declared it, and its HELP
+    and TYPE reach /metrics through the samples that carry it.
+    """
+
+    def __post_init__(self) -> None:
+        pass
+
+
 FAMILIES: dict[str, Family] = {}
-"""Every family ever declared, so /metrics can write HELP and TYPE once per family."""
+"""Families declared in stackwatch's code, so /metrics can write HELP and TYPE once per family."""
 
 Labels = tuple[tuple[str, str], ...]
 

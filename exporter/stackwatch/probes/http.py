@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, PlainValidator
 
 from stackwatch.config import TargetConfig
+from stackwatch.exposition import sanitize_label_value
 from stackwatch.httpclient import HTTPRequest, fetch
 from stackwatch.jsonquery import Assertion, JSONPathExpr, compile_assertion, compile_path
 from stackwatch.probes.base import Family, ProbeContext, ProbeFailure, ProbeKind, ProbeResult, Reason
@@ -43,8 +44,6 @@ JSONPathT = Annotated[
 ]
 
 MAX_INFO_VALUES = 64
-MAX_LABEL_VALUE = 256
-_NON_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 
 
 class HTTPTarget(TargetConfig, HTTPRequest):
@@ -70,12 +69,6 @@ TLSVER = Family("stackwatch_http_tls_version_info", "gauge", "TLS version negoti
 ASSERT = Family("stackwatch_http_assertion_success", "gauge",
                 "1 if the JSON assertion held on the last response body, 0 if not.")
 INFO = Family("stackwatch_http_body_info", "gauge", "Fields of the JSON body chosen in the target's info block.")
-
-
-def label_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-    text = _NON_PRINTABLE.sub("?", text)
-    return text if len(text) <= MAX_LABEL_VALUE else text[: MAX_LABEL_VALUE - 3] + "..."
 
 
 async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
@@ -122,7 +115,7 @@ async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
         if len(values) == 1 and isinstance(values[0], list):
             values = values[0]
         for v in values[:MAX_INFO_VALUES]:
-            ctx.sample(INFO, 1, key=key, value=label_value(v))
+            ctx.sample(INFO, 1, key=key, value=sanitize_label_value(v))
         if len(values) > MAX_INFO_VALUES:
             ctx.log(f"info {key}: {len(values)} values, kept the first {MAX_INFO_VALUES}")
 
