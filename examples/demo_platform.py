@@ -7,6 +7,7 @@ Serves, on one port:
   /esg/health           PAM-TALK ESG chain backend: 503, its PostgreSQL was never configured
   /trading/health       trading backend: healthy but reports the wrong version
   /ai-go/realtime-stats AI-GO stats (JSON)
+  /api/v1/energy/overview  energy pools (seed 001): two partners, one low on energy
 """
 
 from __future__ import annotations
@@ -35,12 +36,23 @@ async def ai_go(_: web.Request) -> web.Response:
                               "degradedModels": 1, "outageModels": 1, "avgAvailability": 96.9})
 
 
+async def energy(_: web.Request) -> web.Response:
+    return web.json_response({
+        "status": "healthy",
+        "partners": [
+            {"partner_id": "P-001", "level_percent": 82.0, "status": "normal", "unacknowledged_alerts": 0},
+            {"partner_id": "P-002", "level_percent": 12.5, "status": "low", "unacknowledged_alerts": 3},
+        ],
+    })
+
+
 def app() -> web.Application:
     a = web.Application()
     a.router.add_get("/pam-talk/health", pam_talk)
     a.router.add_get("/esg/health", esg)
     a.router.add_get("/trading/health", trading)
     a.router.add_get("/ai-go/realtime-stats", ai_go)
+    a.router.add_get("/api/v1/energy/overview", energy)
     return a
 
 
