@@ -69,6 +69,7 @@ class Exporter:
         self.reload_ok = True
         self.reload_success_at = time.time()
         self.last_reload_error = ""
+        gc.freeze()  # the new config's models live until the next reload, as at start
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True, new.summary()
 

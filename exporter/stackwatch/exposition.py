@@ -73,7 +73,7 @@ def header(name: str, mtype: str, help_text: str, openmetrics: bool) -> str:
     return f"# HELP {family} {escape_help(help_text)}\n# TYPE {family} {mtype}\n"
 
 
-def histogram_lines(name: str, labels: str, bounds: tuple[float, ...], counts: list[int], total: float) -> str:
+def histogram_lines(name: str, labels: str, bounds: tuple[float, ...], counts: Iterable[int], total: float) -> str:
     """Cumulative buckets; ``counts`` holds per-bucket (non-cumulative) counts, last one for +Inf."""
     sep = "," if labels else ""
     out = []

@@ -1,18 +1,22 @@
 """The asyncio scheduler: every target on its own interval, spread out, bounded, never overlapping.
 
-* Each target runs in its own task, so one target can never delay another's timing.
+* Due times live in one heap behind one timer.  A waiting target costs a heap entry, not a
+  sleeping task: at 10k targets, 10k sleeping tasks (with their futures, timer handles and
+  contexts) made every full garbage collection take ~200 ms and stalled the loop.
 * Start times are spread over the interval by a stable hash of the target name (as Prometheus
   spreads scrapes), so 10k targets never start at once.
 * A global semaphore bounds probes in flight (and a kind may set a lower bound of its own).
   The latency timer and the deadline start after a slot is acquired; the wait for the slot
   is scheduler lag, exported as its own histogram.
-* A run of a target is awaited before its next run is scheduled: no overlap.  A slot that
+* A target's next run is put in the heap only when its run ends: no overlap.  A slot that
   passed during a run starts late; slots missed by a whole interval are skipped, not queued.
+* One probe never delays another target: each run is its own task, and the deadline holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 import zlib
@@ -58,10 +62,27 @@ def spread(name: str, interval: float) -> float:
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
+class _Entry:
+    """A scheduled target.  ``active`` turns False when a reload removes or changes it."""
+
+    __slots__ = ("target", "interval", "active", "previous", "task")
+
+    def __init__(self, target: TargetConfig):
+        self.target = target
+        self.interval = float(target.interval or 15.0)
+        self.active = True
+        self.previous: bool | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
 class Scheduler:
     def __init__(self, on_result: Callable[[str, ProbeResult], None], settings: SchedulerSettings):
         self._on_result = on_result
-        self._tasks: dict[str, tuple[TargetConfig, asyncio.Task[None]]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
         self._settings = settings
         self._global = asyncio.Semaphore(settings.max_concurrent_probes)
         self._per_kind: dict[str, asyncio.Semaphore] = {}
@@ -71,26 +92,89 @@ class Scheduler:
         self.skipped = 0
 
     def apply(self, config: Config) -> None:
-        """Start, stop or restart target tasks so they match the config; unchanged targets keep running."""
+        """Start, stop or restart targets so they match the config; unchanged targets keep their schedule."""
         if config.scheduler != self._settings:
             self._settings = config.scheduler
             self._global = asyncio.Semaphore(config.scheduler.max_concurrent_probes)
+        loop = asyncio.get_running_loop()
         wanted = {t.name: t for t in config.targets}
-        for name, (target, task) in list(self._tasks.items()):
-            if wanted.get(name) != target:
-                task.cancel()
-                del self._tasks[name]
+        for name, entry in list(self._entries.items()):
+            if wanted.get(name) != entry.target:
+                entry.active = False
+                if entry.task is not None:
+                    entry.task.cancel()
+                del self._entries[name]
+        now = loop.time()
         for name, target in wanted.items():
-            if name not in self._tasks:
-                task = asyncio.create_task(self._loop(target), name=f"probe:{name}")
-                self._tasks[name] = (target, task)
+            if name not in self._entries:
+                entry = self._entries[name] = _Entry(target)
+                self._push(now + spread(name, entry.interval), entry)
 
     async def stop(self) -> None:
-        tasks = [task for _, task in self._tasks.values()]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        tasks = [e.task for e in self._entries.values() if e.task is not None]
+        for e in self._entries.values():
+            e.active = False
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        self._entries.clear()
+        self._heap.clear()
+
+    # ----------------------------------------------------------------- timing
+
+    def _push(self, at: float, entry: _Entry) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, entry))
+        if at < self._timer_at:
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, _, entry = heapq.heappop(heap)
+            if entry.active:
+                entry.task = loop.create_task(self._run(entry, at))
+        if heap:
+            self._arm(heap[0][0])
+
+    async def _run(self, entry: _Entry, planned: float) -> None:
+        target = entry.target
+        try:
+            result = await self.run_once(target, planned=planned)
+        except asyncio.CancelledError:
+            return
+        finally:
+            entry.task = None
+        if not entry.active:
+            return
+        self._on_result(target.name, result)
+        if result.success != entry.previous:
+            if result.success:
+                log.info("target up", extra={"target": target.name, "duration_seconds": round(result.duration, 4)})
+            else:
+                log.warning("target down", extra={"target": target.name, "reason": result.reason,
+                                                  "error": result.message})
+            entry.previous = result.success
+        next_at = planned + entry.interval
+        behind = asyncio.get_running_loop().time() - next_at
+        if behind >= entry.interval:
+            missed = int(behind // entry.interval)
+            self.skipped += missed
+            next_at += missed * entry.interval
+        self._push(next_at, entry)
 
     def _kind_gate(self, kind: str) -> asyncio.Semaphore | None:
         limit = registry()[kind].max_concurrent
@@ -126,30 +210,3 @@ class Scheduler:
             i += 1
         self.lag_buckets[i] += 1
         self.lag_sum += lag
-
-    async def _loop(self, target: TargetConfig) -> None:
-        loop = asyncio.get_running_loop()
-        interval = float(target.interval or 15.0)
-        next_at = loop.time() + spread(target.name, interval)
-        previous: bool | None = None
-        while True:
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            result = await self.run_once(target, planned=next_at)
-            self._on_result(target.name, result)
-            if result.success != previous:
-                if result.success:
-                    log.info("target up", extra={"target": target.name, "duration_seconds": round(result.duration, 4)})
-                else:
-                    log.warning("target down", extra={"target": target.name, "reason": result.reason,
-                                                      "error": result.message})
-                previous = result.success
-            next_at += interval
-            # A run that used its whole timeout (<= interval) ends just after the next slot: that
-            # slot still runs, late.  Only slots missed by a whole interval or more are skipped.
-            behind = loop.time() - next_at
-            if behind >= interval:
-                missed = int(behind // interval)
-                self.skipped += missed
-                next_at += missed * interval

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from array import array
 import gzip
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -70,7 +71,8 @@ class TargetState:
     successes: int = 0
     failures: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    # array, not list: an array of ints is not tracked by the cyclic GC
+    buckets: array[int] = field(default_factory=lambda: array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1))))
     duration_sum: float = 0.0
     chunks: dict[str, bytes] = field(default_factory=dict)
     _hist: tuple[str, ...] = ()
@@ -151,6 +153,11 @@ class Store:
             for fam, _, _ in result.samples:
                 if fam.name not in FAMILIES:
                     self._dynamic[fam.name] = fam
+        # The rendered lines are all /metrics needs.  Dropping the sample tuples and log lines
+        # keeps ~10 GC-tracked objects per target out of the old generation (full collections
+        # at 10k targets took ~200 ms with them).
+        result.samples = ()  # type: ignore[assignment]
+        result.log = ()  # type: ignore[assignment]
         self._version += 1
 
     def families_in_use(self) -> list[str]:
