@@ -65,6 +65,10 @@ class LoopThread:
         self.thread.join(5)
 
 
+FLAKY_MODE = {"mode": "ok"}
+"""What /flaky does: "ok" answers healthy at once, "slow" answers after 5 s (past any test timeout)."""
+
+
 def default_routes() -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
     async def health(_: web.Request) -> web.Response:
         return web.json_response(PAM_TALK_HEALTH)
@@ -105,6 +109,11 @@ def default_routes() -> dict[str, Callable[[web.Request], Awaitable[web.StreamRe
             return web.Response(status=401, text="unauthorized")
         return web.json_response({"status": "healthy"})
 
+    async def flaky(_: web.Request) -> web.Response:
+        if FLAKY_MODE["mode"] == "slow":
+            await asyncio.sleep(5)
+        return web.json_response(PAM_TALK_HEALTH)
+
     async def energy(_: web.Request) -> web.Response:
         return web.json_response(ENERGY_OVERVIEW)
 
@@ -116,7 +125,7 @@ def default_routes() -> dict[str, Callable[[web.Request], Awaitable[web.StreamRe
         return web.json_response({"items": [{"id": i, "v": i} for i in range(n)]})
 
     return {
-        "/api/v1/energy/overview": energy, "/ai-go/realtime-stats": ai_go, "/many": many,
+        "/flaky": flaky, "/api/v1/energy/overview": energy, "/ai-go/realtime-stats": ai_go, "/many": many,
         "/health": health, "/degraded": degraded, "/500": error500, "/slow": slow, "/huge": huge,
         "/huge-declared": huge_declared, "/invalid-json": invalid_json, "/html": html, "/redirect": redirect,
         "/auth": auth,

@@ -30,15 +30,21 @@ def _wants_gzip(request: web.Request) -> bool:
     return "gzip" in request.headers.get("Accept-Encoding", "")
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
     ex = request.app[EXPORTER]
     om = _wants_openmetrics(request)
     gz = _wants_gzip(request)
-    body = await ex.store.render(om, ex.self_metrics, gz)
-    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding, Accept"}
+    parts = await ex.store.render(om, ex.self_metrics, gz)
+    resp = web.StreamResponse(headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
+                                       "Vary": "Accept-Encoding, Accept"})
     if gz:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+        resp.headers["Content-Encoding"] = "gzip"
+    resp.content_length = sum(len(p) for p in parts)
+    await resp.prepare(request)
+    for part in parts:
+        await resp.write(part)
+    await resp.write_eof()
+    return resp
 
 
 async def probe(request: web.Request) -> web.Response:
