@@ -36,7 +36,13 @@ class Exporter:
         self.started_at = time.time()
         self.ready = False
 
+    def _notify_kinds(self, config: Config) -> None:
+        for name, kind in registry().items():
+            if kind.on_reload is not None:
+                kind.on_reload([t for t in config.targets if t.kind == name])
+
     async def start(self) -> None:
+        self._notify_kinds(self.config)
         self.store.set_targets(self.config)
         self.scheduler = Scheduler(self.store.record, self.config.scheduler)
         self.scheduler.apply(self.config)
@@ -63,6 +69,7 @@ class Exporter:
             log.error("reload failed, keeping the running config", extra={"error": exc.render()})
             return False, exc.render()
         self.config = new
+        self._notify_kinds(new)
         self.store.set_targets(new)
         assert self.scheduler is not None
         self.scheduler.apply(new)

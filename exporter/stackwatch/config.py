@@ -191,8 +191,13 @@ class TargetConfig(Model):
                     walk(v)
 
         walk(self)
+        out.extend(self.extra_secrets())
         self._secrets = out
         return out
+
+    def extra_secrets(self) -> list[str]:
+        """Secrets a kind holds outside SecretStr fields (e.g. a password inside a URL)."""
+        return []
 
 
 class _TopLevel(Model):

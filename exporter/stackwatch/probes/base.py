@@ -39,8 +39,13 @@ class Reason(StrEnum):
     ASSERTION = "assertion"
     AUTH = "auth"
     NOT_CONFIGURED = "not_configured"
+    DRIVER_MISSING = "driver_missing"
+    CONNECT_TIMEOUT = "connect_timeout"
+    UNKNOWN_DATABASE = "unknown_database"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    STATEMENT_TIMEOUT = "statement_timeout"
     DATABASE_MISSING = "database_missing"
-    QUERY = "query"
+    QUERY_ERROR = "query_error"
     SCHEMA = "schema"
     MIGRATION = "migration"
     WRONG_NETWORK = "wrong_network"
@@ -150,3 +155,5 @@ class ProbeKind:
     probe: ProbeFn
     max_concurrent: int | None = None
     """Optional per-kind bound on probes in flight, below the global one (e.g. SQL)."""
+    on_reload: Callable[[list[Any]], None] | None = None
+    """Called with the kind's targets after every (re)load, to release resources of removed ones."""

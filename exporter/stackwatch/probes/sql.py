@@ -1,0 +1,426 @@
+"""kind: sql -- a database: reachability, custom queries, schema, migrations, connection saturation.
+
+Seeds: PAM-TALK's ESG backend whose PostgreSQL was never configured (000), the trading
+platform's lost ``strategy_type`` column (004), Alembic migrations of the energy subsystem
+(001), AI-GO on a dev SQLite file (002).  THRESHOLDS.md rows D1-D4.
+
+Engines and deadlines: :mod:`stackwatch.sqldb`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+from sqlalchemy import Connection, inspect, text
+
+from stackwatch import sqldb
+from stackwatch.config import Duration, EnvStr, LabelName, Model, Secret, TargetConfig, secret_from
+from stackwatch.durations import format_duration
+from stackwatch.exposition import sanitize_label_value
+from stackwatch.probes.base import (
+    FAMILIES,
+    DynamicFamily,
+    Family,
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeResult,
+    Reason,
+)
+from stackwatch.probes.jsonapi import _METRIC_NAME
+
+
+class SQLQuery(Model):
+    """A query whose rows become series (sql_exporter style)."""
+
+    name: str
+    """Metric name; exported as stackwatch_<namespace>_<name> (one value column), or with a
+    ``value_label`` when several value columns share the metric."""
+    help: str = ""
+    type: Literal["gauge", "counter"] = "gauge"
+    sql: str
+    labels: list[LabelName] = Field(default_factory=list)
+    """Columns whose values become labels (one series per row)."""
+    values: list[str] = Field(min_length=1)
+    """Columns holding numbers."""
+    value_label: LabelName | None = None
+    """With several value columns: the label naming the column of each value."""
+    timeout: Duration | None = None
+    """Deadline of this query (default: what is left of the probe's timeout)."""
+    min_interval: Duration | None = None
+    """Run at most this often; between runs the last result is exported (HELP says so)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SQLQuery:
+        if not _METRIC_NAME.match(self.name):
+            raise ValueError(f'metric name "{self.name}" must match [a-zA-Z_][a-zA-Z0-9_]*')
+        if self.type == "counter" and not self.name.endswith("_total"):
+            raise ValueError(f'counter "{self.name}" must end in _total (Prometheus naming)')
+        if self.type == "gauge" and self.name.endswith("_total"):
+            raise ValueError(f'gauge "{self.name}" must not end in _total; use type: counter for counters')
+        if len(self.values) > 1 and self.value_label is None:
+            raise ValueError("several value columns need a value_label to tell them apart")
+        overlap = set(self.labels) & set(self.values)
+        if overlap:
+            raise ValueError(f"column {sorted(overlap)[0]} cannot be both a label and a value")
+        return self
+
+
+class ColumnExpectation(Model):
+    name: str
+    type: str | None = None
+    """Expected type, matched case-insensitively against the start of the reflected type
+    (``varchar`` matches VARCHAR(32))."""
+
+
+class TableExpectation(Model):
+    name: str
+    columns: list[ColumnExpectation | str] = Field(default_factory=list)
+    indexes: list[str] = Field(default_factory=list)
+
+
+class SchemaExpectations(Model):
+    schema_name: str | None = Field(None, alias="schema")
+    tables: list[TableExpectation] = Field(default_factory=list)
+
+
+class MigrationExpectation(Model):
+    expected_head: str = "any"
+    """The Alembic revision the database must be at, or "any" for "exactly one head"."""
+    version_table: str = "alembic_version"
+
+
+class SQLTarget(TargetConfig):
+    """A database reached through SQLAlchemy."""
+
+    kind: Literal["sql"]
+    url: str
+    """SQLAlchemy URL with an explicit driver (postgresql+psycopg, mysql+pymysql, sqlite).
+    May be empty: the target is then reported as not configured (reason not_configured)."""
+    password: Secret | None = None
+    password_file: str | None = None
+    namespace: str = "db"
+    queries: list[SQLQuery] = Field(default_factory=list)
+    schema_expectations: SchemaExpectations | None = Field(None, alias="schema")
+    migrations: MigrationExpectation | None = None
+    saturation: bool = True
+    """Export server connections in use, the usable maximum and their ratio (THRESHOLDS.md D2)."""
+
+    _fams: dict[str, DynamicFamily] = PrivateAttr(default_factory=dict)
+    _parsed: Any = PrivateAttr(default=None)
+    _parse_error: str | None = PrivateAttr(default=None)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_inline_password(cls, v: Any) -> Any:
+        if isinstance(v, str) and not isinstance(v, EnvStr) and sqldb.url_secrets(v):
+            raise ValueError("a password in the URL is not accepted; use password (from ${ENV_VAR}), "
+                             "password_file, or a URL that comes whole from ${ENV_VAR}")
+        return v
+
+    @model_validator(mode="after")
+    def _prepare(self) -> SQLTarget:
+        pw = secret_from(self.password, self.password_file, "password")
+        object.__setattr__(self, "password", pw)
+        if not _METRIC_NAME.match(self.namespace):
+            raise ValueError(f'namespace "{self.namespace}" must match [a-zA-Z_][a-zA-Z0-9_]*')
+        for q in self.queries:
+            full = f"stackwatch_{self.namespace}_{q.name}"
+            if full in self._fams:
+                raise ValueError(f'query metric "{q.name}" is defined twice')
+            if full in FAMILIES:
+                raise ValueError(f'metric name "{full}" is one of stackwatch\'s own; choose another name or namespace')
+            cached = f" Cached: the query runs at most every {format_duration(q.min_interval)}." if q.min_interval else ""
+            self._fams[full] = DynamicFamily(full, q.type, (q.help or f"{q.name} from SQL query {q.name}.") + cached)
+        try:
+            self._parsed = sqldb.parse_url(self.url, pw.get_secret_value() if pw else None)
+        except ValueError as exc:
+            self._parse_error = str(exc)  # reported by the probe as not_configured, not a load error
+        return self
+
+    def extra_secrets(self) -> list[str]:
+        return sqldb.url_secrets(self.url)
+
+    def declared_families(self) -> list[Family]:
+        return list(self._fams.values())
+
+    def family(self, q: SQLQuery) -> DynamicFamily:
+        return self._fams[f"stackwatch_{self.namespace}_{q.name}"]
+
+
+CONFIGURED = Family("stackwatch_sql_configured", "gauge",
+                    "1 if the target has a usable database URL, 0 if it is empty or unparseable (not configured).")
+UP = Family("stackwatch_sql_up", "gauge", "1 if a connection and SELECT 1 succeeded within the deadline.")
+CONNECT = Family("stackwatch_sql_connect_duration_seconds", "gauge", "Time to get a connection (incl. pre-ping).")
+PING = Family("stackwatch_sql_ping_duration_seconds", "gauge", "Time of SELECT 1.")
+INFO = Family("stackwatch_sql_server_info", "gauge", "Database server dialect, driver and version (value 1).")
+TABLE = Family("stackwatch_sql_schema_table_present", "gauge", "1 if an expected table exists.")
+COLUMN = Family("stackwatch_sql_schema_column_present", "gauge",
+                "1 if an expected column exists (with the expected type, when one is configured).")
+INDEX = Family("stackwatch_sql_schema_index_present", "gauge", "1 if an expected index exists.")
+SCHEMA_OK = Family("stackwatch_sql_schema_ok", "gauge", "1 if every configured schema expectation holds.")
+VERSION_TABLE = Family("stackwatch_sql_migration_version_table_present", "gauge",
+                       "1 if the Alembic version table exists (0: the database was never migrated).")
+REVISION = Family("stackwatch_sql_migration_revision_info", "gauge", "Alembic revision(s) the database is at (value 1).")
+HEADS = Family("stackwatch_sql_migration_heads", "gauge", "Rows in the Alembic version table (more than 1: branched heads).")
+AT_HEAD = Family("stackwatch_sql_migration_at_expected_head", "gauge",
+                 "1 if the database is at the expected Alembic head (or at exactly one head when none is configured).")
+CONNS = Family("stackwatch_sql_server_connections", "gauge", "Client connections open on the database server.")
+MAX_CONNS = Family("stackwatch_sql_server_max_connections", "gauge",
+                   "Connections ordinary users may open (PostgreSQL: max_connections minus reserved slots).")
+CONN_RATIO = Family("stackwatch_sql_server_connections_utilization_ratio", "gauge",
+                    "Server connections in use divided by the usable maximum (THRESHOLDS.md D2 at 0.8).")
+QUERY_OK = Family("stackwatch_sql_query_success", "gauge", "1 if the custom query ran and its rows could be read.")
+QUERY_TIME = Family("stackwatch_sql_query_duration_seconds", "gauge", "Duration of the custom query's last run.")
+QUERY_CACHED = Family("stackwatch_sql_query_cached", "gauge",
+                      "1 if the custom query's series come from an earlier run (min_interval), 0 if it ran now.")
+
+_query_cache: dict[tuple[str, str], tuple[float, list[tuple[Family, dict[str, str], float]], float]] = {}
+_query_cache_lock = threading.Lock()
+
+
+def _check_schema(conn: Connection, t: SQLTarget, out: list, problems: list[str]) -> None:
+    exp = t.schema_expectations
+    assert exp is not None
+    insp = inspect(conn)  # a fresh Inspector per probe: it caches reflection results
+    schema = exp.schema_name
+    all_ok = True
+    for table in exp.tables:
+        present = insp.has_table(table.name, schema=schema)
+        out.append((TABLE, {"table": table.name}, 1 if present else 0))
+        columns = {c["name"].lower(): c for c in insp.get_columns(table.name, schema=schema)} if present else {}
+        indexes = {i["name"].lower() for i in insp.get_indexes(table.name, schema=schema) if i.get("name")} \
+            if present else set()
+        if present and table.indexes:
+            # A unique constraint is an index on MySQL; PostgreSQL reports it separately.
+            indexes |= {u["name"].lower() for u in insp.get_unique_constraints(table.name, schema=schema) if u.get("name")}
+        if not present:
+            all_ok = False
+            problems.append(f"table {table.name} is missing")
+        for col in table.columns:
+            spec = ColumnExpectation(name=col) if isinstance(col, str) else col
+            found = columns.get(spec.name.lower())
+            ok = found is not None
+            if ok and spec.type:
+                actual = str(found["type"]).lower()
+                ok = actual.startswith(spec.type.lower())
+                if not ok:
+                    problems.append(f"column {table.name}.{spec.name} is {actual}, expected {spec.type}")
+            elif present and not ok:
+                problems.append(f"column {table.name}.{spec.name} is missing")
+            out.append((COLUMN, {"table": table.name, "column": spec.name}, 1 if ok else 0))
+            all_ok &= ok
+        for index in table.indexes:
+            ok = index.lower() in indexes
+            if present and not ok:
+                problems.append(f"index {index} on {table.name} is missing")
+            out.append((INDEX, {"table": table.name, "index": index}, 1 if ok else 0))
+            all_ok &= ok
+    out.append((SCHEMA_OK, {}, 1 if all_ok else 0))
+
+
+def _check_migrations(conn: Connection, t: SQLTarget, out: list, problems: list[str]) -> None:
+    m = t.migrations
+    assert m is not None
+    schema = t.schema_expectations.schema_name if t.schema_expectations else None
+    if not inspect(conn).has_table(m.version_table, schema=schema):
+        out += [(VERSION_TABLE, {}, 0), (HEADS, {}, 0), (AT_HEAD, {}, 0)]
+        problems.append(f"never migrated: no {m.version_table} table")
+        return
+    qualified = f"{schema}.{m.version_table}" if schema else m.version_table
+    heads = sorted(str(r[0]) for r in conn.execute(text(f"SELECT version_num FROM {qualified}")))
+    out.append((VERSION_TABLE, {}, 1))
+    out.append((HEADS, {}, len(heads)))
+    for rev in heads[:20]:
+        out.append((REVISION, {"revision": sanitize_label_value(rev)}, 1))
+    if m.expected_head == "any":
+        ok = len(heads) == 1
+        if not ok:
+            problems.append(f"expected one Alembic head, found {len(heads)}: {', '.join(heads) or 'none'}")
+    else:
+        ok = heads == [m.expected_head]
+        if not ok:
+            problems.append(f"at Alembic revision {', '.join(heads) or 'none'}, expected {m.expected_head}")
+    out.append((AT_HEAD, {}, 1 if ok else 0))
+
+
+def _saturation(conn: Connection, dialect: str, out: list) -> None:
+    if dialect == "postgresql":
+        # pg_stat_database.numbackends counts every client backend whatever the probe role may
+        # see; pg_stat_activity hides other roles' rows from roles without pg_monitor.
+        used = conn.execute(text("SELECT coalesce(sum(numbackends), 0) FROM pg_stat_database")).scalar_one()
+        row = conn.execute(text(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int, "
+            "coalesce(current_setting('reserved_connections', true)::int, 0)")).one()
+        usable = row[0] - row[1] - row[2]
+    elif dialect == "mysql":
+        used = int(conn.execute(text("SHOW GLOBAL STATUS LIKE 'Threads_connected'")).one()[1])
+        usable = int(conn.execute(text("SELECT @@max_connections")).scalar_one())
+    else:
+        return
+    out.append((CONNS, {}, float(used)))
+    out.append((MAX_CONNS, {}, float(usable)))
+    if usable > 0:
+        out.append((CONN_RATIO, {}, float(used) / usable))
+
+
+def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems: list[str],
+               dialect: str, is_mariadb: bool, deadline: float) -> None:
+    key = (t.name, q.name)
+    now = time.monotonic()
+    if q.min_interval:
+        with _query_cache_lock:
+            cached = _query_cache.get(key)
+        if cached is not None and now - cached[0] < q.min_interval:
+            out.extend(cached[1])
+            out += [(QUERY_OK, {"query": q.name}, 1), (QUERY_TIME, {"query": q.name}, cached[2]),
+                    (QUERY_CACHED, {"query": q.name}, 1)]
+            return
+    budget = max(0.05, min(deadline - now, q.timeout or float("inf")))
+    fam = t.family(q)
+    started = time.perf_counter()
+    rows_out: list[tuple[Family, dict[str, str], float]] = []
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            sqldb.set_statement_timeout(conn, dialect, budget, is_mariadb)
+            result = conn.execute(text(q.sql))
+            columns = list(result.keys())
+            missing = [c for c in (*q.labels, *q.values) if c not in columns]
+            if missing:
+                raise ValueError(f"the result has no column {missing[0]} (columns: {', '.join(columns)})")
+            for row in result.mappings():
+                labels = {lab: sanitize_label_value("" if row[lab] is None else str(row[lab])) for lab in q.labels}
+                for col in q.values:
+                    value = row[col]
+                    if value is None:
+                        continue
+                    try:
+                        number = float(value)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"column {col} holds {type(value).__name__} {str(value)[:30]!r}, "
+                                         "not a number") from None
+                    extra = {q.value_label: col} if q.value_label else {}
+                    rows_out.append((fam, {**labels, **extra}, number))
+    except ValueError as exc:
+        problems.append(f"query {q.name}: {exc}")
+        out += [(QUERY_OK, {"query": q.name}, 0), (QUERY_TIME, {"query": q.name}, time.perf_counter() - started),
+                (QUERY_CACHED, {"query": q.name}, 0)]
+        return
+    except Exception as exc:
+        reason, message = sqldb.classify(exc, timed_out=time.monotonic() >= now + budget - 0.01)
+        problems.append(f"query {q.name}: {reason.value}: {message}")
+        out += [(QUERY_OK, {"query": q.name}, 0), (QUERY_TIME, {"query": q.name}, time.perf_counter() - started),
+                (QUERY_CACHED, {"query": q.name}, 0)]
+        if reason == Reason.STATEMENT_TIMEOUT:
+            raise ProbeFailure(reason, f"query {q.name} ran past its {budget:.2f}s budget and was cancelled") from None
+        return
+    took = time.perf_counter() - started
+    if q.min_interval:
+        with _query_cache_lock:
+            _query_cache[key] = (now, rows_out, took)
+    out.extend(rows_out)
+    out += [(QUERY_OK, {"query": q.name}, 1), (QUERY_TIME, {"query": q.name}, took), (QUERY_CACHED, {"query": q.name}, 0)]
+
+
+def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Reason | None, str]:
+    """Runs in the SQL thread pool.  Returns (samples, failure reason or None, message)."""
+    parsed = t._parsed
+    h = sqldb.handle_for(t.name, (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
+    if not h.busy.acquire(blocking=False):
+        raise ProbeFailure(Reason.TIMEOUT, "the previous probe of this database is still running")
+    out: list[tuple[Family, dict[str, str], float]] = []
+    holder: list[Connection] = []
+    try:
+        with sqldb.watchdog(holder, deadline - 0.05):
+            started = time.perf_counter()
+            try:
+                conn = h.engine.connect()
+            except Exception as exc:
+                out.append((UP, {}, 0))
+                reason, message = sqldb.classify(exc)
+                log.append(f"connect failed: {reason.value}: {message}")
+                return out, reason, message
+            holder.append(conn)
+            with conn:
+                connect_time = time.perf_counter() - started
+                log.append(f"connected to {sqldb.safe_url(parsed.url)} in {connect_time * 1000:.1f}ms")
+                dialect = parsed.dialect
+                is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+                try:
+                    with conn.begin():
+                        sqldb.set_statement_timeout(conn, dialect, max(0.05, deadline - time.monotonic()), is_mariadb)
+                        t0 = time.perf_counter()
+                        conn.exec_driver_sql("SELECT 1").scalar()
+                        ping = time.perf_counter() - t0
+                    out += [(UP, {}, 1), (CONNECT, {}, connect_time), (PING, {}, ping)]
+                    version = ".".join(str(p) for p in (conn.dialect.server_version_info or ())) or "unknown"
+                    name = "mariadb" if is_mariadb else dialect
+                    out.append((INFO, {"dialect": name, "driver": parsed.driver, "version": version}, 1))
+                    problems: list[str] = []
+                    reason: Reason | None = None
+                    if t.saturation:
+                        with conn.begin():
+                            _saturation(conn, dialect, out)
+                    if t.schema_expectations and t.schema_expectations.tables:
+                        with conn.begin():
+                            _check_schema(conn, t, out, problems)
+                        if problems:
+                            reason = Reason.SCHEMA
+                    if t.migrations:
+                        before = len(problems)
+                        with conn.begin():
+                            _check_migrations(conn, t, out, problems)
+                        if len(problems) > before and reason is None:
+                            reason = Reason.MIGRATION
+                    before = len(problems)
+                    for q in t.queries:
+                        _run_query(conn, t, q, out, problems, dialect, is_mariadb, deadline - 0.05)
+                    if len(problems) > before and reason is None:
+                        reason = Reason.QUERY_ERROR
+                except ProbeFailure:
+                    raise
+                except Exception as exc:
+                    timed_out = time.monotonic() >= deadline - 0.06
+                    reason, message = sqldb.classify(exc, timed_out)
+                    if not any(f is UP for f, _, _ in out):
+                        out.append((UP, {}, 0))
+                    return out, reason, message
+                for p in problems:
+                    log.append(p)
+                return out, reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+    finally:
+        h.busy.release()
+
+
+async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
+    if t._parsed is None:
+        ctx.sample(CONFIGURED, 0)
+        ctx.sample(UP, 0)
+        return ctx.failure(Reason.NOT_CONFIGURED, f"the database is not configured: {t._parse_error}")
+    ctx.sample(CONFIGURED, 1)
+    log: list[str] = []
+    try:
+        samples, reason, message = await sqldb.run_in_pool(lambda: _probe_sync(t, ctx.deadline, log))
+    finally:
+        for line in log:
+            ctx.log(line)
+    for fam, labels, value in samples:
+        ctx.sample(fam, value, **labels)
+    if reason is not None:
+        return ctx.failure(reason, message)
+    return ctx.success()
+
+
+def _on_reload(targets: list[Any]) -> None:
+    sqldb.forget_except({t.name for t in targets})
+    names = {(t.name, q.name) for t in targets for q in t.queries}
+    with _query_cache_lock:
+        for key in [k for k in _query_cache if k not in names]:
+            del _query_cache[key]
+
+
+KIND = ProbeKind(name="sql", config_model=SQLTarget, probe=probe_sql, max_concurrent=sqldb.POOL_WORKERS,
+                 on_reload=_on_reload)

@@ -1,0 +1,251 @@
+"""SQL plumbing shared by the probes that read databases (kind: sql, and consistency sources).
+
+Synchronous SQLAlchemy engines, one per target, run in one bounded thread pool, because only
+the PostgreSQL async drivers cancel a query for real (aiomysql leaves it running, aiosqlite
+ignores cancellation; research/algorand-sql.md §5.8).  The deadline is enforced in layers:
+
+1. the driver's connect timeout (psycopg ``connect_timeout``; PyMySQL ``connect_timeout`` and
+   ``read_timeout``, without which a silent server hangs the handshake forever);
+2. a server-side statement timeout set per query (PostgreSQL ``statement_timeout``, MariaDB
+   ``max_statement_time``, MySQL ``max_execution_time``);
+3. a watchdog thread that interrupts the running call at the deadline (psycopg
+   ``cancel_safe()``, sqlite ``interrupt()``; PyMySQL relies on ``read_timeout``);
+4. the scheduler's own deadline, which never waits for the thread.
+
+A target's engine is used by one probe at a time (single flight): a probe that finds the
+previous one still running fails at once instead of queueing behind it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import create_engine, exc, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from stackwatch.probes.base import ProbeFailure, Reason
+
+POOL_WORKERS = 16
+EXECUTOR = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="stackwatch-sql")
+
+_SECRET_QUERY_KEYS = re.compile(r"(?i)(password|passwd|pwd|sslpassword|secret|token|key)")
+
+
+@dataclass(frozen=True)
+class ParsedURL:
+    url: URL
+    dialect: str  # postgresql | mysql | sqlite
+    driver: str
+
+
+def parse_url(raw: str, password: str | None) -> ParsedURL:
+    """Parse a SQLAlchemy URL; raise ValueError without echoing any part that may be secret."""
+    if not raw or not raw.strip():
+        raise ValueError("the database URL is empty")
+    try:
+        url = make_url(raw.strip())
+    except (exc.ArgumentError, ValueError):
+        raise ValueError("the database URL cannot be parsed as a SQLAlchemy URL "
+                         "(dialect+driver://user@host:port/database)") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "mysql", "mariadb", "sqlite"):
+        raise ValueError(f'unsupported database "{backend}"; expected postgresql, mysql, mariadb or sqlite')
+    if backend != "sqlite" and not driver:
+        raise ValueError(f"name the driver explicitly: {backend}+psycopg, mysql+pymysql (got {backend}://)")
+    if password is not None:
+        url = url.set(password=password)
+    if backend == "sqlite":
+        url = _sqlite_read_only(url)
+    return ParsedURL(url, "mysql" if backend == "mariadb" else backend, driver or "pysqlite")
+
+
+def _sqlite_read_only(url: URL) -> URL:
+    """A missing SQLite file must be a failure, not a new empty database: open it read-only."""
+    path = url.database or ""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    return url.set(database=f"file:{quote(path)}?mode=ro", query={**url.query, "uri": "true"})
+
+
+def url_secrets(raw: str) -> list[str]:
+    """Secret values inside a URL string (password and secret-looking query parameters)."""
+    try:
+        url = make_url(raw)
+    except Exception:  # an unparseable URL: scrub it whole
+        return [raw] if raw else []
+    out = [url.password] if url.password else []
+    for key, value in url.query.items():
+        if _SECRET_QUERY_KEYS.search(key):
+            out.extend([value] if isinstance(value, str) else list(value))
+    return [str(s) for s in out if s]
+
+
+def safe_url(url: URL) -> str:
+    """The URL for logs: password masked by SQLAlchemy, secret query parameters masked by us."""
+    masked = url.set(query={k: ("***" if _SECRET_QUERY_KEYS.search(k) else v) for k, v in url.query.items()})
+    return masked.render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------ engines
+
+
+class Handle:
+    """One target's engine plus its single-flight lock."""
+
+    def __init__(self, parsed: ParsedURL, timeout: float):
+        self.parsed = parsed
+        self.busy = threading.Lock()
+        self.engine = _make_engine(parsed, timeout)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if parsed.dialect == "postgresql":
+        # libpq: whole-handshake timeout in whole seconds, minimum 2 (its default is infinite).
+        connect_args["connect_timeout"] = max(2, math.ceil(timeout))
+        connect_args["application_name"] = "stackwatch"
+    elif parsed.dialect == "mysql":
+        # connect_timeout bounds only the TCP connect; read_timeout bounds the handshake and queries.
+        seconds = max(1, math.ceil(timeout))
+        connect_args.update(connect_timeout=seconds, read_timeout=seconds, write_timeout=seconds)
+    elif parsed.dialect == "sqlite":
+        connect_args["timeout"] = timeout  # busy-lock wait
+        connect_args["check_same_thread"] = False
+    return create_engine(parsed.url, pool_pre_ping=True, pool_size=1, max_overflow=1, pool_timeout=timeout,
+                         pool_recycle=1800, connect_args=connect_args)
+
+
+_handles: dict[str, tuple[Any, Handle]] = {}
+_handles_lock = threading.Lock()
+
+
+def handle_for(key: str, identity: Any, parsed: ParsedURL, timeout: float) -> Handle:
+    """The engine of a target; a changed target config gets a new engine, the old one is disposed."""
+    with _handles_lock:
+        current = _handles.get(key)
+        if current is not None and current[0] == identity:
+            return current[1]
+        h = Handle(parsed, timeout)
+        _handles[key] = (identity, h)
+    if current is not None:
+        current[1].dispose()
+    return h
+
+
+def forget_except(keys: set[str]) -> None:
+    """Dispose engines of targets no longer configured (called on reload)."""
+    with _handles_lock:
+        gone = [k for k in _handles if k not in keys]
+        dropped = [_handles.pop(k)[1] for k in gone]
+    for h in dropped:
+        h.dispose()
+
+
+# ------------------------------------------------------------------ deadlines
+
+
+@contextmanager
+def watchdog(conn_holder: list[Connection], deadline: float) -> Iterator[None]:
+    """Interrupt the connection's running statement at ``deadline`` (time.monotonic())."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        if not conn_holder:
+            return
+        try:
+            dbapi = conn_holder[0].connection.dbapi_connection
+        except Exception:
+            return
+        for method in ("cancel_safe", "cancel", "interrupt"):  # psycopg >= 3.2, older psycopg, sqlite3
+            fn = getattr(dbapi, method, None)
+            if fn is not None:
+                try:
+                    fn()
+                except Exception:
+                    pass
+                return
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mariadb: bool) -> None:
+    """Server-side cancellation of anything this session runs past ``seconds``."""
+    ms = max(1, int(seconds * 1000))
+    if dialect == "postgresql":
+        conn.exec_driver_sql(f"SET statement_timeout = {ms}")
+    elif dialect == "mysql":
+        if is_mariadb:
+            conn.exec_driver_sql(f"SET SESSION max_statement_time = {ms / 1000:.3f}")
+        else:
+            conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
+
+
+def run_in_pool(fn: Callable[[], Any]) -> Any:
+    import asyncio
+
+    return asyncio.get_running_loop().run_in_executor(EXECUTOR, fn)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def classify(error: BaseException, timed_out: bool = False) -> tuple[Reason, str]:
+    """A driver error as (reason, short message); the message never holds the URL or password."""
+    orig = getattr(error, "orig", None) or error
+    msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    low = str(orig).lower()
+    code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(error, exc.NoSuchModuleError) or isinstance(error, ModuleNotFoundError):
+        return Reason.DRIVER_MISSING, f"database driver not installed: {msg}"
+    if sqlstate == "57014" or code in (1969, 3024) or "statement timeout" in low or "max_statement_time" in low \
+            or (timed_out and ("interrupted" in low or "canceling statement" in low or "cancel" in low)):
+        return Reason.STATEMENT_TIMEOUT, f"statement cancelled at the deadline: {msg}"
+    if "unable to open database file" in low:
+        return Reason.DATABASE_MISSING, "the SQLite database file does not exist or cannot be opened read-only"
+    if "password authentication failed" in low or "access denied" in low or code == 1045 \
+            or re.search(r'role ".*" does not exist', low) or "no password supplied" in low:
+        return Reason.AUTH, f"authentication failed: {msg}"
+    if (re.search(r'database ".*" does not exist', low) or code == 1049) or "unknown database" in low:
+        return Reason.UNKNOWN_DATABASE, f"unknown database: {msg}"
+    if "too many connections" in low or code == 1040 or sqlstate == "53300":
+        return Reason.TOO_MANY_CONNECTIONS, f"the server refuses new connections: {msg}"
+    if "connection refused" in low or code == 2003 and "refused" in low:
+        return Reason.CONNECTION_REFUSED, "connection refused"
+    if "failed to resolve host" in low or "name or service not known" in low or "name resolution" in low \
+            or "nodename nor servname" in low or "getaddrinfo failed" in low:
+        return Reason.DNS, f"cannot resolve the database host: {msg}"
+    if "connection timeout expired" in low or "timed out" in low or code == 2013 \
+            or isinstance(error, exc.TimeoutError):
+        return Reason.CONNECT_TIMEOUT, f"no answer from the database in time: {msg}"
+    if code == 2003:
+        return Reason.CONNECTION_REFUSED, f"cannot connect: {msg}"
+    return Reason.QUERY_ERROR, msg
+
+
+def fail(error: BaseException, timed_out: bool = False) -> ProbeFailure:
+    reason, message = classify(error, timed_out)
+    return ProbeFailure(reason, message)
+
+
+def scalar_rows(conn: Connection, sql: str) -> list[Any]:
+    return list(conn.execute(text(sql)))
