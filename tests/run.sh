@@ -18,6 +18,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get install -y -q --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
+# The SQL tests use the machine's PostgreSQL (127.0.0.1:5432, trust auth, database test) and
+# MariaDB (127.0.0.1:3306, root without password, database test).  Start them if they stopped;
+# if they cannot be reached, the SQL tests fail (they never skip).
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null && [ -x /usr/sbin/mariadbd ]; then
+  as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  for _ in $(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null && break; sleep 1; done
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

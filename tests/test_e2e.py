@@ -14,7 +14,7 @@ from harness import Prometheus, Stackwatch, http_get, http_post, require_binary,
 TOKEN = "s3cr3t-token-value"  # what tests/targets.py /auth accepts
 
 
-def write_config(path: Path, servers, extra: str = "") -> Path:
+def write_config(path: Path, servers, extra: str = "", pg_schema: str = "public") -> Path:
     path.write_text(f"""defaults:
   interval: 1s
   timeout: 800ms
@@ -59,14 +59,38 @@ targets:
         value: $.status
         labels: {{partner_id: $.partner_id}}
         value_map: {{normal: 1, low: 0.5, empty: 0}}
+  - name: trading-db
+    kind: sql
+    url: postgresql+psycopg://postgres@127.0.0.1:5432/test
+    schema:
+      schema: {pg_schema}
+      tables: [{{name: strategies, columns: [id, strategy_type]}}]
 {extra}""")
     return path
 
 
 @pytest.fixture(scope="module")
-def stack(servers, tmp_path_factory):
+def pg_schema():
+    """A PostgreSQL schema whose strategies table lacks strategy_type (seed 004)."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"sw_e2e_{secrets.token_hex(3)}"
+    engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.exec_driver_sql(f"CREATE SCHEMA {name}")
+        c.exec_driver_sql(f"CREATE TABLE {name}.strategies (id serial PRIMARY KEY, name text)")
+    yield name
+    with engine.connect() as c:
+        c.exec_driver_sql(f"DROP SCHEMA {name} CASCADE")
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def stack(servers, tmp_path_factory, pg_schema):
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = write_config(tmp / "stackwatch.yml", servers)
+    cfg = write_config(tmp / "stackwatch.yml", servers, pg_schema=pg_schema)
     sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN})
     prom = Prometheus(tmp, [stackwatch_scrape(sw)])
     yield sw, prom, cfg
@@ -77,12 +101,13 @@ def stack(servers, tmp_path_factory):
 
 def test_prometheus_ingests_success_and_reasons(stack):
     sw, prom, _ = stack
-    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 7)
+    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 8)
     up = {r["metric"]["target"]: float(r["value"][1]) for r in prom.query("stackwatch_probe_success")}
-    assert up == {"healthy": 1, "tls": 1, "energy": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0}
+    assert up == {"healthy": 1, "tls": 1, "energy": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0,
+                  "trading-db": 0}
     reasons = {r["metric"]["target"]: r["metric"]["reason"] for r in prom.query("stackwatch_probe_failure_reason == 1")}
     assert reasons == {"broken-500": "http_status", "degraded": "assertion", "refused": "connection_refused",
-                       "hangs": "timeout"}
+                       "hangs": "timeout", "trading-db": "schema"}
     assert prom.value('stackwatch_http_status_code{target="broken-500"}') == 500
     versions = prom.query('stackwatch_http_body_info{target="healthy",key="version"}')
     assert [v["metric"]["value"] for v in versions] == ["3.0.0-social"]
@@ -101,6 +126,15 @@ def test_json_target_series_and_labels_ingested(stack):
     assert meta["stackwatch_energy_pool_level_percent"][0]["help"] == "Energy pool fill level per partner."
 
 
+def test_sql_target_ingested(stack):
+    _, prom, _ = stack
+    prom.wait_for('stackwatch_sql_up{target="trading-db"} == 1')
+    missing = prom.query("stackwatch_sql_schema_column_present == 0")
+    assert [(r["metric"]["table"], r["metric"]["column"]) for r in missing] == [("strategies", "strategy_type")]
+    ratio = prom.value('stackwatch_sql_server_connections_utilization_ratio{target="trading-db"}')
+    assert ratio is not None and 0 < ratio < 1
+
+
 def test_latency_histogram_and_error_ratio_are_queryable(stack):
     _, prom, _ = stack
     # The histogram has exact edges at the documented thresholds (THRESHOLDS.md L1-L4).
@@ -111,7 +145,7 @@ def test_latency_histogram_and_error_ratio_are_queryable(stack):
     assert 0 < float(p95[0]["value"][1]) <= 0.3
     ratio = prom.wait_for('sum by (target) (rate(stackwatch_probes_total{result="failure"}[30s])) '
                           '/ sum by (target) (rate(stackwatch_probes_total[30s]))',
-                          lambda r: len(r) == 7 and all(x["value"][1] != "NaN" for x in r))
+                          lambda r: len(r) == 8 and all(x["value"][1] != "NaN" for x in r))
     by_target = {r["metric"]["target"]: float(r["value"][1]) for r in ratio}
     assert by_target["healthy"] == 0 and by_target["refused"] == 1
 
@@ -169,7 +203,7 @@ def test_probe_endpoint_runs_one_target_now(stack):
 def test_status_page_lists_every_target_with_reason(stack):
     sw, _, _ = stack
     page = http_get(sw.base + "/")[2].decode()
-    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy"):
+    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db"):
         assert f"<td>{name}</td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
 

@@ -143,7 +143,7 @@ async def test_unknown_database(pg_admin, maria_admin):
 async def test_wrong_password_and_canary_redaction(maria_admin, tmp_path):
     user = f"sw_{secrets.token_hex(3)}"
     with maria_admin.connect() as c:
-        c.exec_driver_sql(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'right-password-123'")
+        c.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'right-password-123'")  # %% for pymysql
     try:
         pw_file = tmp_path / "pw"
         pw_file.write_text(CANARY + "\n")
@@ -161,7 +161,7 @@ async def test_wrong_password_and_canary_redaction(maria_admin, tmp_path):
         assert CANARY in t2.secrets()
     finally:
         with maria_admin.connect() as c:
-            c.exec_driver_sql(f"DROP USER '{user}'@'%'")
+            c.exec_driver_sql(f"DROP USER '{user}'@'%%'")
 
 
 def test_inline_password_in_url_is_a_config_error():
@@ -364,15 +364,15 @@ async def test_custom_queries_with_labels_values_and_min_interval(pg_admin, pg_s
         sql: SELECT partner_id, current_energy, max_capacity FROM {pg_schema}.partner_energy_pools
         labels: [partner_id]
         values: [current_energy, max_capacity]
-        value_label: field
+        value_label: quantity
 """)
     r = await run_probe(t)
     assert r.success, r.message
     text = lines(t, r)
     for line in ('stackwatch_pamtalk_users{target="db",kind="sql",role="farmer"} 1',
                  'stackwatch_pamtalk_eco_points{target="db",kind="sql"} 4240',
-                 'stackwatch_pamtalk_energy_pool{target="db",kind="sql",partner_id="P-002",field="current_energy"} 1250',
-                 'stackwatch_pamtalk_energy_pool{target="db",kind="sql",partner_id="P-002",field="max_capacity"} 10000',
+                 'stackwatch_pamtalk_energy_pool{target="db",kind="sql",partner_id="P-002",quantity="current_energy"} 1250',
+                 'stackwatch_pamtalk_energy_pool{target="db",kind="sql",partner_id="P-002",quantity="max_capacity"} 10000',
                  'stackwatch_sql_query_success{target="db",kind="sql",query="users"} 1',
                  'stackwatch_sql_query_cached{target="db",kind="sql",query="eco_points"} 0'):
         assert line + "\n" in text, line
@@ -416,7 +416,7 @@ async def test_pg_sleep_is_cancelled_on_the_server_at_the_deadline(pg_admin):
     await asyncio.sleep(0.3)
     with pg_admin.connect() as c:
         running = c.exec_driver_sql(
-            f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' "
+            f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%{marker}%%' AND state = 'active' "
             "AND pid <> pg_backend_pid()").scalar()
     assert running == 0
 
@@ -433,7 +433,7 @@ async def test_mariadb_sleep_is_cancelled_on_the_server_at_the_deadline(maria_ad
     await asyncio.sleep(0.3)
     with maria_admin.connect() as c:
         running = c.exec_driver_sql(
-            f"SELECT count(*) FROM information_schema.processlist WHERE info LIKE '%{marker}%' "
+            f"SELECT count(*) FROM information_schema.processlist WHERE info LIKE '%%{marker}%%' "
             "AND id <> connection_id()").scalar()
     assert running == 0
 

@@ -119,6 +119,8 @@ class Model(BaseModel):
         for name, value in super().__repr_args__():
             if isinstance(value, dict) and any(SECRET_KEY.search(str(k)) for k in value):
                 value = {k: "<secret>" if SECRET_KEY.search(str(k)) else v for k, v in value.items()}
+            elif isinstance(value, str):
+                value = redact_url(value)  # a URL that came whole from ${ENV} may hold a password
             yield name, value
 
 

@@ -76,12 +76,16 @@ def _sqlite_read_only(url: URL) -> URL:
     return url.set(database=f"file:{quote(path)}?mode=ro", query={**url.query, "uri": "true"})
 
 
-def url_secrets(raw: str) -> list[str]:
-    """Secret values inside a URL string (password and secret-looking query parameters)."""
+def url_secrets(raw: str, unparseable_is_secret: bool = True) -> list[str]:
+    """Secret values inside a URL string (password and secret-looking query parameters).
+
+    An unparseable URL is returned whole (so it is scrubbed from messages), unless
+    ``unparseable_is_secret`` is False.
+    """
     try:
         url = make_url(raw)
-    except Exception:  # an unparseable URL: scrub it whole
-        return [raw] if raw else []
+    except Exception:
+        return [raw] if raw and unparseable_is_secret else []
     out = [url.password] if url.password else []
     for key, value in url.query.items():
         if _SECRET_QUERY_KEYS.search(key):

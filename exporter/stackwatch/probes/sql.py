@@ -116,7 +116,7 @@ class SQLTarget(TargetConfig):
     @field_validator("url", mode="before")
     @classmethod
     def _no_inline_password(cls, v: Any) -> Any:
-        if isinstance(v, str) and not isinstance(v, EnvStr) and sqldb.url_secrets(v):
+        if isinstance(v, str) and not isinstance(v, EnvStr) and sqldb.url_secrets(v, unparseable_is_secret=False):
             raise ValueError("a password in the URL is not accepted; use password (from ${ENV_VAR}), "
                              "password_file, or a URL that comes whole from ${ENV_VAR}")
         return v
