@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-
 from targets import LoopThread, free_port
 
 

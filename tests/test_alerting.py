@@ -12,8 +12,15 @@ from typing import Any
 
 import pytest
 import yaml
-
-from harness import Process, Prometheus, Stackwatch, http_get, require_binary, stackwatch_scrape, wait_until
+from harness import (
+    Process,
+    Prometheus,
+    Stackwatch,
+    http_get,
+    require_binary,
+    stackwatch_scrape,
+    wait_until,
+)
 from receivers import Receivers, dump
 from targets import FLAKY_MODE, free_port
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from stackwatch.config import ConfigError, load_config, masked_dump, parse_config
 from stackwatch.durations import format_duration, parse_duration
 

@@ -8,8 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from harness import Prometheus, Stackwatch, http_get, http_post, require_binary, stackwatch_scrape, wait_until
+from harness import (
+    Prometheus,
+    Stackwatch,
+    http_get,
+    http_post,
+    require_binary,
+    stackwatch_scrape,
+    wait_until,
+)
 
 TOKEN = "s3cr3t-token-value"  # what tests/targets.py /auth accepts
 

@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from stackwatch.config import parse_config
 from stackwatch.httpclient import close_clients
 from stackwatch.scheduler import run_probe

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from stackwatch.config import ConfigError, parse_config
 from stackwatch.httpclient import close_clients
 from stackwatch.scheduler import run_probe

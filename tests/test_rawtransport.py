@@ -8,7 +8,6 @@ import ssl
 
 import httpx
 import pytest
-
 from stackwatch.rawtransport import RawHTTPTransport
 
 

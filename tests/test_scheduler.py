@@ -11,7 +11,6 @@ import time
 from typing import Literal
 
 import pytest
-
 from stackwatch.config import TargetConfig, parse_config
 from stackwatch.probes import registry
 from stackwatch.probes.base import ProbeContext, ProbeKind

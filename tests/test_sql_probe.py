@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from stackwatch.config import parse_config
 from stackwatch.scheduler import run_probe
 from stackwatch.store import render_result

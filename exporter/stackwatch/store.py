@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gzip
 import time
 from array import array
-import gzip
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from stackwatch.config import Config, TargetConfig
-from stackwatch.exposition import fmt_value, header, histogram_lines, line, render_labels
+from stackwatch.exposition import (
+    fmt_value,
+    header,
+    histogram_lines,
+    line,
+    render_labels,
+)
 from stackwatch.probes.base import FAMILIES, Family, ProbeResult, Reason
 
 # Exact edges at the documented thresholds: 0.3 s and 0.5 s goals (L3/L4), 1 s, 2 s (L1) and 5 s (L2).

@@ -14,6 +14,7 @@ not a ProbeResult becomes a failed result; it never reaches the scheduler.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,33 @@ class DynamicFamily(Family):
 
 FAMILIES: dict[str, Family] = {}
 """Families declared in stackwatch's code, so /metrics can write HELP and TYPE once per family."""
+
+METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_metric_name(name: str, mtype: str) -> None:
+    """Prometheus naming for a config-declared metric; ValueError says what is wrong."""
+    if not METRIC_NAME.match(name):
+        raise ValueError(f'metric name "{name}" must match [a-zA-Z_][a-zA-Z0-9_]*')
+    if mtype == "counter" and not name.endswith("_total"):
+        raise ValueError(f'counter "{name}" must end in _total (Prometheus naming)')
+    if mtype == "gauge" and name.endswith("_total"):
+        raise ValueError(f'gauge "{name}" must not end in _total; use type: counter for counters')
+
+
+def declare_families(namespace: str, metrics: list[tuple[str, str, str]]) -> dict[str, DynamicFamily]:
+    """Families stackwatch_<namespace>_<name> for (name, type, help) triples declared in a config."""
+    if not METRIC_NAME.match(namespace):
+        raise ValueError(f'namespace "{namespace}" must match [a-zA-Z_][a-zA-Z0-9_]*')
+    out: dict[str, DynamicFamily] = {}
+    for name, mtype, help_text in metrics:
+        full = f"stackwatch_{namespace}_{name}"
+        if full in out:
+            raise ValueError(f'metric "{name}" is defined twice')
+        if full in FAMILIES:
+            raise ValueError(f'metric name "{full}" is one of stackwatch\'s own; choose another name or namespace')
+        out[full] = DynamicFamily(full, mtype, help_text)
+    return out
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -16,8 +16,20 @@ from pydantic import Field, PlainSerializer, PlainValidator
 from stackwatch.config import TargetConfig
 from stackwatch.exposition import sanitize_label_value
 from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import Assertion, JSONPathExpr, compile_assertion, compile_path
-from stackwatch.probes.base import Family, ProbeContext, ProbeFailure, ProbeKind, ProbeResult, Reason
+from stackwatch.jsonquery import (
+    Assertion,
+    JSONPathExpr,
+    compile_assertion,
+    compile_path,
+)
+from stackwatch.probes.base import (
+    Family,
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeResult,
+    Reason,
+)
 
 
 def _regexp(v: Any) -> re.Pattern[str]:

@@ -16,14 +16,19 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainSerializer, PlainValidator, PrivateAttr, model_validator
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    model_validator,
+)
 
 from stackwatch.config import LabelName, Model, TargetConfig
 from stackwatch.exposition import sanitize_label_value
 from stackwatch.httpclient import HTTPRequest, fetch
 from stackwatch.jsonquery import JSONPathExpr, compile_path
 from stackwatch.probes.base import (
-    FAMILIES,
     DynamicFamily,
     Family,
     ProbeContext,
@@ -31,12 +36,13 @@ from stackwatch.probes.base import (
     ProbeKind,
     ProbeResult,
     Reason,
+    check_metric_name,
+    declare_families,
 )
 
 KEY = "$key"
 """In ``labels``: the map key (or array index) of the element, e.g. a partner id used as a key."""
 
-_METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _ITERATES = re.compile(r"\[\*\]|\.\*|\.\.|\[\?|\[[^\]]*[:,][^\]]*\]")
 
 
@@ -79,12 +85,7 @@ class JSONMetric(Model):
 
     @model_validator(mode="after")
     def _check(self) -> JSONMetric:
-        if not _METRIC_NAME.match(self.name):
-            raise ValueError(f'metric name "{self.name}" must match [a-zA-Z_][a-zA-Z0-9_]*')
-        if self.type == "counter" and not self.name.endswith("_total"):
-            raise ValueError(f'counter "{self.name}" must end in _total (Prometheus naming)')
-        if self.type == "gauge" and self.name.endswith("_total"):
-            raise ValueError(f'gauge "{self.name}" must not end in _total; use type: counter for counters')
+        check_metric_name(self.name, self.type)
         return self
 
     def iterates(self) -> bool:
@@ -105,15 +106,8 @@ class JSONTarget(TargetConfig, HTTPRequest):
 
     @model_validator(mode="after")
     def _families(self) -> JSONTarget:
-        if not _METRIC_NAME.match(self.namespace):
-            raise ValueError(f'namespace "{self.namespace}" must match [a-zA-Z_][a-zA-Z0-9_]*')
-        for m in self.metrics:
-            full = f"stackwatch_{self.namespace}_{m.name}"
-            if full in self._fams:
-                raise ValueError(f'metric "{m.name}" is defined twice')
-            if full in FAMILIES:
-                raise ValueError(f'metric name "{full}" is one of stackwatch\'s own; choose another name or namespace')
-            self._fams[full] = DynamicFamily(full, m.type, m.help or f"{m.name} from the JSON API (path {m.path.text}).")
+        self._fams = declare_families(self.namespace, [
+            (m.name, m.type, m.help or f"{m.name} from the JSON API (path {m.path.text}).") for m in self.metrics])
         return self
 
     def family(self, m: JSONMetric) -> Family:

@@ -17,11 +17,18 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy import Connection, inspect, text
 
 from stackwatch import sqldb
-from stackwatch.config import Duration, EnvStr, LabelName, Model, Secret, TargetConfig, secret_from
+from stackwatch.config import (
+    Duration,
+    EnvStr,
+    LabelName,
+    Model,
+    Secret,
+    TargetConfig,
+    secret_from,
+)
 from stackwatch.durations import format_duration
 from stackwatch.exposition import sanitize_label_value
 from stackwatch.probes.base import (
-    FAMILIES,
     DynamicFamily,
     Family,
     ProbeContext,
@@ -29,8 +36,9 @@ from stackwatch.probes.base import (
     ProbeKind,
     ProbeResult,
     Reason,
+    check_metric_name,
+    declare_families,
 )
-from stackwatch.probes.jsonapi import _METRIC_NAME
 
 
 class SQLQuery(Model):
@@ -55,12 +63,7 @@ class SQLQuery(Model):
 
     @model_validator(mode="after")
     def _check(self) -> SQLQuery:
-        if not _METRIC_NAME.match(self.name):
-            raise ValueError(f'metric name "{self.name}" must match [a-zA-Z_][a-zA-Z0-9_]*')
-        if self.type == "counter" and not self.name.endswith("_total"):
-            raise ValueError(f'counter "{self.name}" must end in _total (Prometheus naming)')
-        if self.type == "gauge" and self.name.endswith("_total"):
-            raise ValueError(f'gauge "{self.name}" must not end in _total; use type: counter for counters')
+        check_metric_name(self.name, self.type)
         if len(self.values) > 1 and self.value_label is None:
             raise ValueError("several value columns need a value_label to tell them apart")
         overlap = set(self.labels) & set(self.values)
@@ -125,16 +128,10 @@ class SQLTarget(TargetConfig):
     def _prepare(self) -> SQLTarget:
         pw = secret_from(self.password, self.password_file, "password")
         object.__setattr__(self, "password", pw)
-        if not _METRIC_NAME.match(self.namespace):
-            raise ValueError(f'namespace "{self.namespace}" must match [a-zA-Z_][a-zA-Z0-9_]*')
-        for q in self.queries:
-            full = f"stackwatch_{self.namespace}_{q.name}"
-            if full in self._fams:
-                raise ValueError(f'query metric "{q.name}" is defined twice')
-            if full in FAMILIES:
-                raise ValueError(f'metric name "{full}" is one of stackwatch\'s own; choose another name or namespace')
-            cached = f" Cached: the query runs at most every {format_duration(q.min_interval)}." if q.min_interval else ""
-            self._fams[full] = DynamicFamily(full, q.type, (q.help or f"{q.name} from SQL query {q.name}.") + cached)
+        self._fams = declare_families(self.namespace, [
+            (q.name, q.type, (q.help or f"{q.name} from SQL query {q.name}.")
+             + (f" Cached: the query runs at most every {format_duration(q.min_interval)}." if q.min_interval else ""))
+            for q in self.queries])
         try:
             self._parsed = sqldb.parse_url(self.url, pw.get_secret_value() if pw else None)
         except ValueError as exc:
