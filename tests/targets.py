@@ -40,7 +40,7 @@ ENERGY_OVERVIEW = {
 
 # Seed 002: AI-GO realtime-stats as the API returned it.
 AI_GO_STATS = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "degradedModels": 1,
-               "outageModels": 1, "avgAvailability": 96.9}
+               "outageModels": 1, "avgAvailability": 96.9, "dataSource": "database"}
 
 
 def free_port() -> int:
@@ -64,6 +64,10 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
+
+# Seed 002 sources: a cache that lags behind the database, and a buggy source (active > total).
+AI_GO_CACHED = {"totalModels": 60, "activeModels": 50, "operationalModels": 48, "degradedModels": 1, "outageModels": 1}
+AI_GO_BUGGY = {"totalModels": 63, "activeModels": 127, "operationalModels": 49, "degradedModels": 1, "outageModels": 1}
 
 FLAKY_MODE = {"mode": "ok"}
 """What /flaky does: "ok" answers healthy at once, "slow" answers after 5 s (past any test timeout)."""
@@ -120,12 +124,19 @@ def default_routes() -> dict[str, Callable[[web.Request], Awaitable[web.StreamRe
     async def ai_go(_: web.Request) -> web.Response:
         return web.json_response(AI_GO_STATS)
 
+    async def ai_go_cached(_: web.Request) -> web.Response:
+        return web.json_response(AI_GO_CACHED)
+
+    async def ai_go_buggy(_: web.Request) -> web.Response:
+        return web.json_response(AI_GO_BUGGY)
+
     async def many(request: web.Request) -> web.Response:
         n = int(request.query.get("n", "2000"))
         return web.json_response({"items": [{"id": i, "v": i} for i in range(n)]})
 
     return {
-        "/flaky": flaky, "/api/v1/energy/overview": energy, "/ai-go/realtime-stats": ai_go, "/many": many,
+        "/flaky": flaky, "/api/v1/energy/overview": energy, "/ai-go/realtime-stats": ai_go,
+        "/ai-go/cached-stats": ai_go_cached, "/ai-go/buggy-stats": ai_go_buggy, "/many": many,
         "/health": health, "/degraded": degraded, "/500": error500, "/slow": slow, "/huge": huge,
         "/huge-declared": huge_declared, "/invalid-json": invalid_json, "/html": html, "/redirect": redirect,
         "/auth": auth,

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from stackwatch.config import parse_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

@@ -22,6 +22,13 @@ TOKEN = "s3cr3t-token-value"  # what tests/targets.py /auth accepts
 
 
 def write_config(path: Path, servers, extra: str = "", pg_schema: str = "public") -> Path:
+    from test_consistency_probe import MODELS_SQL, make_models_db
+
+    models_db = path.parent / "models.db"
+    if not models_db.exists():
+        make_models_db(models_db)
+    fallback = path.parent / "fallback.json"
+    fallback.write_text('{"totalModels": 139}')
     path.write_text(f"""defaults:
   interval: 1s
   timeout: 800ms
@@ -72,6 +79,15 @@ targets:
     schema:
       schema: {pg_schema}
       tables: [{{name: strategies, columns: [id, strategy_type]}}]
+  - name: ai-go-models
+    kind: consistency
+    fields: [total, active]
+    tolerance: {{absolute: 10}}
+    sources:
+      - {{name: database, priority: 1, sql: {{url: "sqlite:///{models_db}", query: "{MODELS_SQL}"}}}}
+      - {{name: api, priority: 2, http: {{url: "{servers.url('/ai-go/realtime-stats')}",
+          fields: {{total: $.totalModels, active: $.activeModels}}, served_path: $.dataSource}}}}
+      - {{name: fallback, priority: 3, file: {{path: "{fallback}", fields: {{total: $.totalModels}}}}}}
 {extra}""")
     return path
 
@@ -108,13 +124,13 @@ def stack(servers, tmp_path_factory, pg_schema):
 
 def test_prometheus_ingests_success_and_reasons(stack):
     sw, prom, _ = stack
-    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 8)
+    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 9)
     up = {r["metric"]["target"]: float(r["value"][1]) for r in prom.query("stackwatch_probe_success")}
     assert up == {"healthy": 1, "tls": 1, "energy": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0,
-                  "trading-db": 0}
+                  "trading-db": 0, "ai-go-models": 0}
     reasons = {r["metric"]["target"]: r["metric"]["reason"] for r in prom.query("stackwatch_probe_failure_reason == 1")}
     assert reasons == {"broken-500": "http_status", "degraded": "assertion", "refused": "connection_refused",
-                       "hangs": "timeout", "trading-db": "schema"}
+                       "hangs": "timeout", "trading-db": "schema", "ai-go-models": "disagreement"}
     assert prom.value('stackwatch_http_status_code{target="broken-500"}') == 500
     versions = prom.query('stackwatch_http_body_info{target="healthy",key="version"}')
     assert [v["metric"]["value"] for v in versions] == ["3.0.0-social"]
@@ -142,6 +158,16 @@ def test_sql_target_ingested(stack):
     assert ratio is not None and 0 < ratio < 1
 
 
+def test_consistency_target_ingested(stack):
+    _, prom, _ = stack
+    totals = prom.wait_for('stackwatch_consistency_value{target="ai-go-models",field="total"}', lambda r: len(r) == 3)
+    assert {r["metric"]["source"]: float(r["value"][1]) for r in totals} == {"database": 63, "api": 63, "fallback": 139}
+    assert prom.value('stackwatch_consistency_spread{target="ai-go-models",field="total"}') == 76
+    assert prom.value('stackwatch_consistency_field_agreement{field="active"}') == 1
+    served = prom.query("stackwatch_consistency_source_served == 1")
+    assert [r["metric"]["source"] for r in served] == ["database"]
+
+
 def test_latency_histogram_and_error_ratio_are_queryable(stack):
     _, prom, _ = stack
     # The histogram has exact edges at the documented thresholds (THRESHOLDS.md L1-L4).
@@ -152,7 +178,7 @@ def test_latency_histogram_and_error_ratio_are_queryable(stack):
     assert 0 < float(p95[0]["value"][1]) <= 0.3
     ratio = prom.wait_for('sum by (target) (rate(stackwatch_probes_total{result="failure"}[30s])) '
                           '/ sum by (target) (rate(stackwatch_probes_total[30s]))',
-                          lambda r: len(r) == 8 and all(x["value"][1] != "NaN" for x in r))
+                          lambda r: len(r) == 9 and all(x["value"][1] != "NaN" for x in r))
     by_target = {r["metric"]["target"]: float(r["value"][1]) for r in ratio}
     assert by_target["healthy"] == 0 and by_target["refused"] == 1
 
@@ -210,7 +236,7 @@ def test_probe_endpoint_runs_one_target_now(stack):
 def test_status_page_lists_every_target_with_reason(stack):
     sw, _, _ = stack
     page = http_get(sw.base + "/")[2].decode()
-    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db"):
+    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db", "ai-go-models"):
         assert f"<td>{name}</td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
 

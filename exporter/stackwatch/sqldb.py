@@ -148,10 +148,10 @@ def handle_for(key: str, identity: Any, parsed: ParsedURL, timeout: float) -> Ha
     return h
 
 
-def forget_except(keys: set[str]) -> None:
-    """Dispose engines of targets no longer configured (called on reload)."""
+def forget_except(prefix: str, keys: set[str]) -> None:
+    """Dispose engines under ``prefix`` whose key is not in ``keys`` (called on reload)."""
     with _handles_lock:
-        gone = [k for k in _handles if k not in keys]
+        gone = [k for k in _handles if k.startswith(prefix) and k not in keys]
         dropped = [_handles.pop(k)[1] for k in gone]
     for h in dropped:
         h.dispose()
@@ -251,5 +251,30 @@ def fail(error: BaseException, timed_out: bool = False) -> ProbeFailure:
     return ProbeFailure(reason, message)
 
 
-def scalar_rows(conn: Connection, sql: str) -> list[Any]:
-    return list(conn.execute(text(sql)))
+def query_one_row(handle: Handle, sql: str, deadline: float) -> dict[str, Any]:
+    """Run ``sql`` on a target's engine within ``deadline`` (time.monotonic()); return its first
+    row as a column -> value mapping.  Raises ProbeFailure with a classified reason."""
+    if not handle.busy.acquire(blocking=False):
+        raise ProbeFailure(Reason.TIMEOUT, "the previous query on this database is still running")
+    holder: list[Connection] = []
+    try:
+        with watchdog(holder, deadline - 0.05):
+            try:
+                conn = handle.engine.connect()
+            except Exception as e:
+                raise fail(e) from None
+            holder.append(conn)
+            with conn:
+                try:
+                    with conn.begin():
+                        is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+                        set_statement_timeout(conn, handle.parsed.dialect, max(0.05, deadline - time.monotonic()),
+                                              is_mariadb)
+                        row = conn.execute(text(sql)).mappings().first()
+                except Exception as e:
+                    raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
+                if row is None:
+                    raise ProbeFailure(Reason.QUERY_ERROR, "the query returned no row")
+                return dict(row)
+    finally:
+        handle.busy.release()

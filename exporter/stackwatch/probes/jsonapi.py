@@ -122,21 +122,23 @@ ERRORS = Family("stackwatch_json_extraction_errors", "gauge",
 SERIES = Family("stackwatch_json_series", "gauge", "Series extracted by the last probe of the target.")
 
 
-def to_number(value: Any, m: JSONMetric) -> float:
-    """A JSON value as a float, or ValueError saying what was found."""
+def to_number(value: Any, value_map: dict[str, float] | None = None, default: float | None = None) -> float:
+    """A JSON value as a float (booleans 1/0, numeric strings parsed, mapped strings mapped),
+    or ValueError saying what was found."""
+    value_map = value_map or {}
     if isinstance(value, bool):
         return 1.0 if value else 0.0
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        if value in m.value_map:
-            return m.value_map[value]
+        if value in value_map:
+            return value_map[value]
         try:
             return float(value.strip())
         except ValueError:
-            if m.value_map_default is not None:
-                return m.value_map_default
-            known = f" (value_map knows {', '.join(m.value_map)})" if m.value_map else ""
+            if default is not None:
+                return default
+            known = f" (value_map knows {', '.join(value_map)})" if value_map else ""
             raise ValueError(f'expected a number, got "{sanitize_label_value(value)[:40]}"{known}') from None
     kind = "null" if value is None else "an object" if isinstance(value, dict) else "an array"
     raise ValueError(f"expected a number, got {kind}")
@@ -171,7 +173,7 @@ def extract(t: JSONTarget, doc: Any, ctx: ProbeContext) -> tuple[list[tuple[Fami
             else:
                 raw = element
             try:
-                out.append((fam, labels, to_number(raw, m)))
+                out.append((fam, labels, to_number(raw, m.value_map, m.value_map_default)))
             except ValueError as exc:
                 inner = m.value.text.removeprefix("$") if m.value else ""
                 errors.append(f"{m.name} at {where}{inner}: {exc}")

@@ -325,7 +325,7 @@ def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems:
 def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Reason | None, str]:
     """Runs in the SQL thread pool.  Returns (samples, failure reason or None, message)."""
     parsed = t._parsed
-    h = sqldb.handle_for(t.name, (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
+    h = sqldb.handle_for(f"sql:{t.name}", (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
     if not h.busy.acquire(blocking=False):
         raise ProbeFailure(Reason.TIMEOUT, "the previous probe of this database is still running")
     out: list[tuple[Family, dict[str, str], float]] = []
@@ -412,7 +412,7 @@ async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
 
 
 def _on_reload(targets: list[Any]) -> None:
-    sqldb.forget_except({t.name for t in targets})
+    sqldb.forget_except("sql:", {f"sql:{t.name}" for t in targets})
     names = {(t.name, q.name) for t in targets for q in t.queries}
     with _query_cache_lock:
         for key in [k for k in _query_cache if k not in names]:

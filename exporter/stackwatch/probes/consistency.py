@@ -1,0 +1,398 @@
+"""kind: consistency -- the same quantities read from several sources at one instant, compared.
+
+Seed 002: AI-GO's page showed "Active Models (51/63) : 127" locally and "(128/74) : 128"
+deployed, while its API said 63 total / 51 active; the database, a Redis-cached API and a
+GitHub fallback with a hard-coded 139 disagreed and nobody could tell which one a page showed.
+
+A target names a set of fields (total, active, ...) and several sources: an HTTP JSON API (the
+options of kind: http, plus a JSON path per field), a SQL query (its columns are the fields;
+the engines and deadlines of kind: sql) or a local JSON/YAML file (a shipped fallback).  All
+sources are read concurrently in one probe; a failed source does not fail the others.  Each
+source's values are checked against invariants (``active <= total``), each field's spread
+across sources against a tolerance, and each value's last change is remembered so a source
+frozen on a hard-coded fallback shows up (THRESHOLDS.md M1-M6).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import math
+import operator
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    model_validator,
+)
+
+from stackwatch import sqldb
+from stackwatch.config import Model, Secret, TargetConfig, secret_from
+from stackwatch.httpclient import HTTPRequest, fetch
+from stackwatch.jsonquery import JSONPathExpr, compile_path
+from stackwatch.probes.base import (
+    Family,
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeResult,
+    Reason,
+)
+from stackwatch.probes.jsonapi import to_number
+
+PathT = Annotated[JSONPathExpr, PlainValidator(lambda v: v if isinstance(v, JSONPathExpr) else compile_path(v)),
+                  PlainSerializer(lambda p: p.text, return_type=str)]
+
+# ------------------------------------------------------------------ invariants
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+        ast.Eq: operator.eq, ast.NotEq: operator.ne}
+
+
+class Invariant:
+    """``a + b <= c``, ``0 <= total <= 200``: arithmetic over field names, compared (chains allowed)."""
+
+    def __init__(self, text: str, fields: set[str] | None = None):
+        self.text = " ".join(text.split())
+        try:
+            tree = ast.parse(self.text, mode="eval").body
+        except SyntaxError:
+            raise ValueError(f'cannot read invariant "{self.text}"; expected e.g. "active <= total"') from None
+        if not isinstance(tree, ast.Compare):
+            raise ValueError(f'invariant "{self.text}" must compare, e.g. "active <= total"')
+        self.tree = tree
+        self.names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        self._check(tree)
+        if fields is not None and self.names - fields:
+            raise ValueError(f'invariant "{self.text}" uses {sorted(self.names - fields)[0]}, which is not a field')
+
+    def _check(self, node: ast.AST) -> None:
+        allowed = (ast.Compare, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, ast.USub,
+                   *_OPS, *_CMP)
+        for n in ast.walk(node):
+            if not isinstance(n, allowed) or (isinstance(n, ast.Constant) and not isinstance(n.value, int | float)):
+                raise ValueError(f'invariant "{self.text}" may only use field names, numbers, + - * / and comparisons')
+
+    def holds(self, values: dict[str, float]) -> bool | None:
+        """True or False, or None when a field it needs is missing from the source."""
+        if self.names - values.keys():
+            return None
+
+        def ev(n: ast.AST) -> float:
+            if isinstance(n, ast.Constant):
+                return float(n.value)
+            if isinstance(n, ast.Name):
+                return values[n.id]
+            if isinstance(n, ast.UnaryOp):
+                return -ev(n.operand)
+            if isinstance(n, ast.BinOp):
+                try:
+                    return _OPS[type(n.op)](ev(n.left), ev(n.right))
+                except ZeroDivisionError:
+                    return math.nan
+            raise AssertionError(n)
+
+        left = ev(self.tree.left)
+        for op, comp in zip(self.tree.ops, self.tree.comparators):
+            right = ev(comp)
+            if not _CMP[type(op)](left, right):
+                return False
+            left = right
+        return True
+
+
+InvariantT = Annotated[Invariant, PlainValidator(lambda v: v if isinstance(v, Invariant) else Invariant(v)),
+                       PlainSerializer(lambda i: i.text, return_type=str)]
+
+MODEL_COUNT_INVARIANTS = ("active <= total", "operational + degraded + outage <= active", "0 <= total <= 200")
+"""Defaults for the model-count shape (seed 002 §5.2 validateStats), used when those fields exist."""
+
+
+# ------------------------------------------------------------------ config
+
+
+class HTTPSource(HTTPRequest):
+    fields: dict[str, PathT]
+    """Field -> JSON path in the response."""
+    served_path: PathT | None = None
+    """JSON path whose string value names the source the application currently serves."""
+
+
+class SQLSource(Model):
+    url: str
+    password: Secret | None = None
+    password_file: str | None = None
+    query: str
+    """Its columns are the fields (one row)."""
+
+    _parsed: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _prepare(self) -> SQLSource:
+        pw = secret_from(self.password, self.password_file, "password")
+        object.__setattr__(self, "password", pw)
+        self._parsed = sqldb.parse_url(self.url, pw.get_secret_value() if pw else None)
+        return self
+
+
+class FileSource(Model):
+    path: str
+    fields: dict[str, PathT]
+    format: Literal["auto", "json", "yaml"] = "auto"
+
+
+class Source(Model):
+    name: str
+    priority: int = 0
+    """Lower is preferred (the application's fallback order: DB 1, cache 2, fallback 3)."""
+    served: bool = False
+    """Declare this source as the one the application serves (when it cannot tell itself)."""
+    http: HTTPSource | None = None
+    sql: SQLSource | None = None
+    file: FileSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Source:
+        given = [k for k in ("http", "sql", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f'source "{self.name}" needs exactly one of http, sql, file (got {", ".join(given) or "none"})')
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "http" if self.http else "sql" if self.sql else "file"
+
+
+class Tolerance(Model):
+    absolute: float | None = Field(None, ge=0)
+    relative: float | None = Field(None, ge=0)
+    """Fraction of the largest value: 0.05 = 5 %."""
+
+
+class ConsistencyTarget(TargetConfig):
+    kind: Literal["consistency"]
+    fields: list[str] = Field(min_length=1)
+    sources: list[Source] = Field(min_length=2)
+    invariants: list[InvariantT] | None = None
+    """Default: the model-count invariants whose fields exist (active <= total, ...)."""
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+    """Sources agree on a field when max - min is within absolute and/or relative (both if both set).
+    Neither set: they must be equal."""
+    field_tolerance: dict[str, Tolerance] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ConsistencyTarget:
+        fields = set(self.fields)
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError("source names must be unique")
+        for s in self.sources:
+            declared = set(s.http.fields if s.http else s.file.fields if s.file else [])
+            if declared - fields:
+                raise ValueError(f'source "{s.name}" maps {sorted(declared - fields)[0]}, which is not in fields')
+        for f in self.field_tolerance:
+            if f not in fields:
+                raise ValueError(f'field_tolerance names {f}, which is not in fields')
+        if self.invariants is None:
+            defaults = [Invariant(t) for t in MODEL_COUNT_INVARIANTS]
+            object.__setattr__(self, "invariants", [i for i in defaults if i.names <= fields])
+        else:
+            for inv in self.invariants:
+                if inv.names - fields:
+                    raise ValueError(f'invariant "{inv.text}" uses {sorted(inv.names - fields)[0]}, which is not a field')
+        return self
+
+    def extra_secrets(self) -> list[str]:
+        return [x for s in self.sources if s.sql for x in sqldb.url_secrets(s.sql.url)]
+
+
+VALUE = Family("stackwatch_consistency_value", "gauge", "A field's value as read from one source.")
+SRC_OK = Family("stackwatch_consistency_source_success", "gauge", "1 if the source could be read in the last probe.")
+SRC_REASON = Family("stackwatch_consistency_source_failure_reason", "gauge",
+                    "Why a source could not be read: one series with value 1 per failing source.")
+SRC_TIME = Family("stackwatch_consistency_source_duration_seconds", "gauge", "Time to read the source.")
+SRC_PRIO = Family("stackwatch_consistency_source_priority", "gauge", "The source's priority (lower is preferred).")
+SRC_SERVED = Family("stackwatch_consistency_source_served", "gauge",
+                    "1 for the source the application currently serves (THRESHOLDS.md M6).")
+VIOLATED = Family("stackwatch_consistency_invariant_violated", "gauge",
+                  "1 if the source's values break the invariant (THRESHOLDS.md M3, M4).")
+SPREAD = Family("stackwatch_consistency_spread", "gauge", "Largest minus smallest value of a field across the sources read.")
+SPREAD_RATIO = Family("stackwatch_consistency_spread_ratio", "gauge",
+                      "Spread divided by the largest absolute value of the field (0.05 = 5 % apart).")
+FIELD_AGREE = Family("stackwatch_consistency_field_agreement", "gauge",
+                     "1 if the sources agree on the field within its tolerance (THRESHOLDS.md M1, M2).")
+AGREE = Family("stackwatch_consistency_agreement", "gauge", "1 if the sources agree on every field.")
+CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "gauge",
+                 "When the source's value of the field last changed (first seen, if never), for stuck sources (M5).")
+
+# (target, source, field) -> (last value, unix time it last changed)
+_history: dict[tuple[str, str, str], tuple[float, float]] = {}
+
+
+# ------------------------------------------------------------------ reading sources
+
+
+def _read_file(spec: FileSource) -> Any:
+    try:
+        text = Path(spec.path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProbeFailure(Reason.CONNECTION, f"cannot read {spec.path}: {exc.strerror}") from None
+    fmt = spec.format if spec.format != "auto" else ("yaml" if spec.path.endswith((".yml", ".yaml")) else "json")
+    try:
+        return yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ProbeFailure(Reason.INVALID_JSON, f"{spec.path} is not valid {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _extract(doc: Any, fields: dict[str, JSONPathExpr]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for field, path in fields.items():
+        found = path.find(doc)
+        if not found:
+            raise ProbeFailure(Reason.EXTRACTION, f"{field}: nothing at {path.text}")
+        try:
+            out[field] = to_number(found[0])
+        except ValueError as exc:
+            raise ProbeFailure(Reason.EXTRACTION, f"{field} at {path.text}: {exc}") from None
+    return out
+
+
+async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext) -> tuple[dict[str, float], str | None]:
+    """(values, name of the served source if this source says so)."""
+    if s.http is not None:
+        resp = await fetch(s.http, ctx)
+        if not s.http.status_ok(resp.status):
+            raise ProbeFailure(Reason.HTTP_STATUS, f"HTTP status {resp.status}")
+        try:
+            doc = json.loads(resp.body)
+        except ValueError as exc:
+            raise ProbeFailure(Reason.INVALID_JSON, f"body is not valid JSON: {exc}") from None
+        served = None
+        if s.http.served_path is not None:
+            found = s.http.served_path.find(doc)
+            served = str(found[0]) if found else None
+        return _extract(doc, s.http.fields), served
+    if s.sql is not None:
+        spec = s.sql
+        handle = sqldb.handle_for(f"consistency:{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
+                                  float(t.timeout or 5))
+        row = await sqldb.run_in_pool(lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline))
+        values: dict[str, float] = {}
+        for field in t.fields:
+            if field in row and row[field] is not None:
+                try:
+                    values[field] = to_number(row[field])
+                except ValueError as exc:
+                    raise ProbeFailure(Reason.EXTRACTION, f"column {field}: {exc}") from None
+        return values, None
+    assert s.file is not None
+    return _extract(_read_file(s.file), s.file.fields), None
+
+
+def _agrees(spread: float, largest: float, tol: Tolerance) -> bool:
+    ok = True
+    if tol.absolute is not None:
+        ok &= spread <= tol.absolute
+    if tol.relative is not None:
+        ok &= (spread / largest if largest else 0.0) <= tol.relative
+    if tol.absolute is None and tol.relative is None:
+        ok = spread == 0
+    return ok
+
+
+async def probe_consistency(t: ConsistencyTarget, ctx: ProbeContext) -> ProbeResult:
+    async def one(s: Source) -> tuple[Source, dict[str, float] | None, str | None, ProbeFailure | None, float]:
+        started = time.perf_counter()
+        try:
+            values, served = await _read(t, s, ctx)
+            return s, values, served, None, time.perf_counter() - started
+        except ProbeFailure as exc:
+            return s, None, None, exc, time.perf_counter() - started
+        except Exception as exc:  # one broken source must not take the others down
+            return s, None, None, ProbeFailure(Reason.INTERNAL, f"{type(exc).__name__}: {exc}"), time.perf_counter() - started
+
+    results = await asyncio.gather(*(one(s) for s in t.sources))
+    now = time.time()
+    read: dict[str, dict[str, float]] = {}
+    served_names = {s.name for s in t.sources if s.served}
+    for s, values, served, failure, took in results:
+        ctx.sample(SRC_TIME, took, source=s.name)
+        ctx.sample(SRC_PRIO, s.priority, source=s.name)
+        if failure is not None:
+            ctx.sample(SRC_OK, 0, source=s.name)
+            ctx.sample(SRC_REASON, 1, source=s.name, reason=failure.reason.value)
+            ctx.log(f"source {s.name} ({s.kind}) failed: {failure.reason.value}: {ctx.scrub(failure.message)}")
+            continue
+        assert values is not None
+        ctx.sample(SRC_OK, 1, source=s.name)
+        ctx.log(f"source {s.name} ({s.kind}): " + ", ".join(f"{k}={v:g}" for k, v in values.items()))
+        if served:
+            served_names.add(served)
+        read[s.name] = values
+        for field, v in values.items():
+            ctx.sample(VALUE, v, source=s.name, field=field)
+            key = (t.name, s.name, field)
+            last = _history.get(key)
+            if last is None or last[0] != v:
+                _history[key] = (v, now)
+            ctx.sample(CHANGED, _history[key][1], source=s.name, field=field)
+    for s in t.sources:
+        ctx.sample(SRC_SERVED, 1 if s.name in served_names else 0, source=s.name)
+
+    violations = []
+    for name, values in read.items():
+        for inv in t.invariants or []:
+            holds = inv.holds(values)
+            if holds is None:
+                continue
+            ctx.sample(VIOLATED, 0 if holds else 1, source=name, invariant=inv.text)
+            if not holds:
+                shown = ", ".join(f"{n}={values[n]:g}" for n in sorted(inv.names))
+                violations.append(f"{name}: {inv.text} ({shown})")
+
+    disagreements = []
+    all_agree = True
+    for field in t.fields:
+        vals = [(name, v[field]) for name, v in read.items() if field in v]
+        if len(vals) < 2:
+            continue
+        lo, hi = min(v for _, v in vals), max(v for _, v in vals)
+        spread = hi - lo
+        largest = max(abs(lo), abs(hi))
+        ctx.sample(SPREAD, spread, field=field)
+        ctx.sample(SPREAD_RATIO, spread / largest if largest else 0.0, field=field)
+        ok = _agrees(spread, largest, t.field_tolerance.get(field, t.tolerance))
+        ctx.sample(FIELD_AGREE, 1 if ok else 0, field=field)
+        if not ok:
+            all_agree = False
+            disagreements.append(f"{field}: " + ", ".join(f"{n}={v:g}" for n, v in vals))
+    ctx.sample(AGREE, 1 if all_agree else 0)
+
+    failed = [s.name for s, values, *_ in results if values is None]
+    if violations:
+        return ctx.failure(Reason.INVARIANT, "; ".join(violations[:4]) + (f" (and {len(violations) - 4} more)" if len(violations) > 4 else ""))
+    if disagreements:
+        return ctx.failure(Reason.DISAGREEMENT, "sources disagree on " + "; ".join(disagreements[:4]))
+    if len(read) < 2:
+        first = next(f for _, v, _, f, _ in results if v is None)
+        return ctx.failure(first.reason, f"fewer than two sources could be read ({', '.join(failed)} failed: "
+                                         f"{ctx.scrub(first.message)})")
+    return ctx.success()
+
+
+def _on_reload(targets: list[Any]) -> None:
+    alive = {(t.name, s.name, f) for t in targets for s in t.sources for f in t.fields}
+    for key in [k for k in _history if k not in alive]:
+        del _history[key]
+    sqldb.forget_except("consistency:", {f"consistency:{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
+
+
+KIND = ProbeKind(name="consistency", config_model=ConsistencyTarget, probe=probe_consistency, on_reload=_on_reload)

@@ -1,0 +1,187 @@
+"""kind: consistency with the seed 002 model counts: a real SQLite database (63/51/49/1/1), the
+live API, a cache that lags, a fallback file hard-coded to 139 and a buggy source (127 of 63)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from stackwatch.config import ConfigError, parse_config
+from stackwatch.httpclient import close_clients
+from stackwatch.scheduler import run_probe
+from stackwatch.store import render_result
+from targets import AI_GO_CACHED
+
+FIELDS = "[total, active, operational, degraded, outage]"
+API_FIELDS = ("{total: $.totalModels, active: $.activeModels, operational: $.operationalModels, "
+              "degraded: $.degradedModels, outage: $.outageModels}")
+
+
+def make_models_db(path: Path) -> None:
+    """63 models: 49 operational, 1 degraded, 1 outage (51 active), 12 retired."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE models (id INTEGER PRIMARY KEY, status TEXT)")
+    rows = ["operational"] * 49 + ["degraded"] + ["outage"] + ["retired"] * 12
+    db.executemany("INSERT INTO models (status) VALUES (?)", [(r,) for r in rows])
+    db.commit()
+    db.close()
+
+
+MODELS_SQL = ("SELECT count(*) AS total, sum(status != 'retired') AS active, sum(status = 'operational') AS operational, "
+              "sum(status = 'degraded') AS degraded, sum(status = 'outage') AS outage FROM models")
+
+
+def ai_go_target(servers, tmp: Path, extra_sources: str = "", tolerance: str = "{absolute: 10}"):
+    db = tmp / "models.db"
+    if not db.exists():
+        make_models_db(db)
+    fallback = tmp / "fallback.json"
+    fallback.write_text(json.dumps({"totalModels": 139, "activeModels": 139}))
+    text = f"""targets:
+  - name: ai-go-models
+    kind: consistency
+    timeout: 3s
+    fields: {FIELDS}
+    tolerance: {tolerance}
+    sources:
+      - name: database
+        priority: 1
+        sql: {{url: "sqlite:///{db}", query: "{MODELS_SQL}"}}
+      - name: api
+        priority: 2
+        http: {{url: "{servers.url('/ai-go/realtime-stats')}", fields: {API_FIELDS}, served_path: $.dataSource}}
+      - name: cache
+        priority: 3
+        http: {{url: "{servers.url('/ai-go/cached-stats')}", fields: {API_FIELDS}}}
+      - name: fallback
+        priority: 4
+        file: {{path: "{fallback}", fields: {{total: $.totalModels, active: $.activeModels}}}}
+{extra_sources}"""
+    return parse_config(text).targets[0]
+
+
+async def probe(t):
+    try:
+        r = await run_probe(t)
+    finally:
+        await close_clients()
+    return r, "".join(render_result(t, r).values())
+
+
+def series(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1:].rsplit("} ", 1)
+            out[",".join(p for p in labels.split(",") if not p.startswith(("target=", "kind=")))] = float(value)
+    return out
+
+
+async def test_seed_002_sources_values_invariants_spread_agreement(servers, tmp_path):
+    buggy = f"""      - name: buggy
+        priority: 5
+        http: {{url: "{servers.url('/ai-go/buggy-stats')}", fields: {API_FIELDS}}}
+"""
+    t = ai_go_target(servers, tmp_path, buggy)
+    r, text = await probe(t)
+    values = series(text, "stackwatch_consistency_value")
+    assert {k: v for k, v in values.items() if 'field="total"' in k} == {
+        'source="database",field="total"': 63, 'source="api",field="total"': 63, 'source="cache",field="total"': 60,
+        'source="fallback",field="total"': 139, 'source="buggy",field="total"': 63}
+    assert values['source="database",field="active"'] == 51
+    assert values['source="database",field="operational"'] == 49
+    assert values['source="buggy",field="active"'] == 127
+    assert set(series(text, "stackwatch_consistency_source_success").values()) == {1}
+    assert series(text, "stackwatch_consistency_source_served") == {
+        'source="database"': 1, 'source="api"': 0, 'source="cache"': 0, 'source="fallback"': 0, 'source="buggy"': 0}
+    violated = {k: v for k, v in series(text, "stackwatch_consistency_invariant_violated").items() if v == 1}
+    assert violated == {'source="buggy",invariant="active <= total"': 1}
+    # the fallback's 139 is within 0 <= total <= 200 but breaks nothing else it has fields for
+    assert series(text, "stackwatch_consistency_invariant_violated")['source="fallback",invariant="0 <= total <= 200"'] == 0
+    spread = series(text, "stackwatch_consistency_spread")
+    assert spread['field="total"'] == 139 - 60 and spread['field="active"'] == 139 - 50
+    assert series(text, "stackwatch_consistency_spread_ratio")['field="total"'] == pytest.approx(79 / 139)
+    assert series(text, "stackwatch_consistency_field_agreement") == {
+        'field="total"': 0, 'field="active"': 0, 'field="operational"': 1, 'field="degraded"': 1, 'field="outage"': 1}
+    assert 'stackwatch_consistency_agreement{target="ai-go-models",kind="consistency"} 0\n' in text
+    assert (r.success, r.reason.value) == (False, "invariant")
+    assert r.message == "buggy: active <= total (active=127, total=63)"
+
+
+async def test_disagreement_without_invariant_violation(servers, tmp_path):
+    t = ai_go_target(servers, tmp_path)
+    r, _ = await probe(t)
+    assert (r.success, r.reason.value) == (False, "disagreement")
+    assert r.message == ("sources disagree on total: database=63, api=63, cache=60, fallback=139; "
+                         "active: database=51, api=51, cache=50, fallback=139")
+
+
+async def test_last_change_timestamps_advance_only_for_sources_that_change(servers, tmp_path):
+    t = ai_go_target(servers, tmp_path)
+    _, first = await probe(t)
+    before = series(first, "stackwatch_consistency_value_last_change_timestamp_seconds")
+    AI_GO_CACHED["totalModels"] = 62  # the cache catches up a little
+    try:
+        import asyncio
+
+        await asyncio.sleep(0.05)
+        _, second = await probe(t)
+    finally:
+        AI_GO_CACHED["totalModels"] = 60
+    after = series(second, "stackwatch_consistency_value_last_change_timestamp_seconds")
+    changed = {k for k in after if after[k] != before[k]}
+    assert changed == {'source="cache",field="total"'}
+    assert after['source="cache",field="total"'] > before['source="cache",field="total"']
+
+
+async def test_a_failed_source_does_not_fail_the_others(servers, tmp_path):
+    extra = """      - name: gone
+        http: {url: "http://127.0.0.1:1/stats", fields: {total: $.totalModels}}
+"""
+    t = ai_go_target(servers, tmp_path, extra, tolerance="{absolute: 100}")
+    r, text = await probe(t)
+    assert r.success, r.message  # 139 vs 60 is within 100; the unreachable source is reported on its own
+    assert series(text, "stackwatch_consistency_source_success")['source="gone"'] == 0
+    assert series(text, "stackwatch_consistency_source_failure_reason") == {
+        'source="gone",reason="connection_refused"': 1}
+    assert 'source="gone",field=' not in text
+
+
+async def test_local_vs_deployed_relative_tolerance(servers, tmp_path):
+    def target(relative: float):
+        return parse_config(f"""targets:
+  - name: local-vs-deployed
+    kind: consistency
+    fields: [total]
+    tolerance: {{relative: {relative}}}
+    sources:
+      - {{name: local, http: {{url: "{servers.url('/ai-go/realtime-stats')}", fields: {{total: $.totalModels}}}}}}
+      - {{name: deployed, http: {{url: "{servers.url('/ai-go/cached-stats')}", fields: {{total: $.totalModels}}}}}}
+""").targets[0]
+
+    r, text = await probe(target(0.05))  # 63 vs 60: 4.8 % apart
+    assert r.success, r.message
+    assert series(text, "stackwatch_consistency_spread_ratio") == {'field="total"': pytest.approx(3 / 63)}
+    r, _ = await probe(target(0.04))
+    assert r.reason.value == "disagreement"
+
+
+@pytest.mark.parametrize("body,error", [
+    ("invariants: ['active <= bogus']", 'invariant "active <= bogus" uses bogus, which is not a field'),
+    ("invariants: ['__import__(\"os\") == 1']", 'may only use field names, numbers, + - * / and comparisons'),
+    ("invariants: ['active + total']", 'must compare, e.g. "active <= total"'),
+])
+def test_invariant_config_errors(body, error):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"""targets:
+  - name: t
+    kind: consistency
+    fields: [total, active]
+    {body}
+    sources:
+      - {{name: a, file: {{path: /x.json, fields: {{total: $.t}}}}}}
+      - {{name: b, file: {{path: /y.json, fields: {{total: $.t}}}}}}
+""")
+    assert error in str(info.value)
