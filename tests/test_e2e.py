@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
 from harness import (
     Prometheus,
     Stackwatch,
@@ -19,9 +20,10 @@ from harness import (
 )
 
 TOKEN = "s3cr3t-token-value"  # what tests/targets.py /auth accepts
+ALGOD_TOKEN = "e2e-algod-token-" + "b" * 48
 
 
-def write_config(path: Path, servers, extra: str = "", pg_schema: str = "public") -> Path:
+def write_config(path: Path, servers, extra: str = "", pg_schema: str = "public", algod_url: str = "") -> Path:
     from test_consistency_probe import MODELS_SQL, make_models_db
 
     models_db = path.parent / "models.db"
@@ -88,6 +90,13 @@ targets:
       - {{name: api, priority: 2, http: {{url: "{servers.url('/ai-go/realtime-stats')}",
           fields: {{total: $.totalModels, active: $.activeModels}}, served_path: $.dataSource}}}}
       - {{name: fallback, priority: 3, file: {{path: "{fallback}", fields: {{total: $.totalModels}}}}}}
+  - name: pam-talk-chain
+    kind: algorand
+    algod_url: {algod_url or "http://127.0.0.1:1"}
+    algod_token: "${{E2E_ALGOD_TOKEN}}"
+    network: testnet-v1.0
+    accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
+    assets: [{{alias: pam-token, id: {PAM_ASSET}, creator: {ADMIN}, holders: [admin]}}]
 {extra}""")
     return path
 
@@ -111,23 +120,32 @@ def pg_schema():
 
 
 @pytest.fixture(scope="module")
-def stack(servers, tmp_path_factory, pg_schema):
+def algod():
+    """A fake algod in the seed 000 state (no Algorand node is reachable here; see tests/fake_algod.py)."""
+    fake = FakeAlgorand(ALGOD_TOKEN)
+    fake.reset(seed_000_state(ALGOD_TOKEN))
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def stack(servers, tmp_path_factory, pg_schema, algod):
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = write_config(tmp / "stackwatch.yml", servers, pg_schema=pg_schema)
-    sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN})
+    cfg = write_config(tmp / "stackwatch.yml", servers, pg_schema=pg_schema, algod_url=algod.algod_url)
+    sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN, "E2E_ALGOD_TOKEN": ALGOD_TOKEN})
     prom = Prometheus(tmp, [stackwatch_scrape(sw)])
     yield sw, prom, cfg
     prom.stop()
     sw.stop()
-    assert TOKEN not in sw.log(), "a secret reached the log"
+    assert TOKEN not in sw.log() and ALGOD_TOKEN not in sw.log(), "a secret reached the log"
 
 
 def test_prometheus_ingests_success_and_reasons(stack):
     sw, prom, _ = stack
-    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 9)
+    prom.wait_for('count(stackwatch_probe_success{env="e2e"})', lambda r: r and float(r[0]["value"][1]) == 10)
     up = {r["metric"]["target"]: float(r["value"][1]) for r in prom.query("stackwatch_probe_success")}
     assert up == {"healthy": 1, "tls": 1, "energy": 1, "broken-500": 0, "degraded": 0, "refused": 0, "hangs": 0,
-                  "trading-db": 0, "ai-go-models": 0}
+                  "trading-db": 0, "ai-go-models": 0, "pam-talk-chain": 1}
     reasons = {r["metric"]["target"]: r["metric"]["reason"] for r in prom.query("stackwatch_probe_failure_reason == 1")}
     assert reasons == {"broken-500": "http_status", "degraded": "assertion", "refused": "connection_refused",
                        "hangs": "timeout", "trading-db": "schema", "ai-go-models": "disagreement"}
@@ -168,6 +186,15 @@ def test_consistency_target_ingested(stack):
     assert [r["metric"]["source"] for r in served] == ["database"]
 
 
+def test_algorand_target_in_the_seed_000_state(stack):
+    _, prom, _ = stack
+    prom.wait_for('stackwatch_algorand_asset_exists{target="pam-talk-chain"}')
+    assert prom.value('stackwatch_algorand_asset_exists{asset="pam-token"}') == 0
+    assert prom.value('stackwatch_algorand_account_balance_microalgos{account="admin"}') == 0
+    assert prom.value('stackwatch_algorand_account_fee_headroom_transactions{account="admin"}') == 0
+    assert prom.value('stackwatch_algorand_network_match{target="pam-talk-chain"}') == 1
+
+
 def test_latency_histogram_and_error_ratio_are_queryable(stack):
     _, prom, _ = stack
     # The histogram has exact edges at the documented thresholds (THRESHOLDS.md L1-L4).
@@ -178,7 +205,7 @@ def test_latency_histogram_and_error_ratio_are_queryable(stack):
     assert 0 < float(p95[0]["value"][1]) <= 0.3
     ratio = prom.wait_for('sum by (target) (rate(stackwatch_probes_total{result="failure"}[30s])) '
                           '/ sum by (target) (rate(stackwatch_probes_total[30s]))',
-                          lambda r: len(r) == 9 and all(x["value"][1] != "NaN" for x in r))
+                          lambda r: len(r) == 10 and all(x["value"][1] != "NaN" for x in r))
     by_target = {r["metric"]["target"]: float(r["value"][1]) for r in ratio}
     assert by_target["healthy"] == 0 and by_target["refused"] == 1
 
@@ -236,7 +263,7 @@ def test_probe_endpoint_runs_one_target_now(stack):
 def test_status_page_lists_every_target_with_reason(stack):
     sw, _, _ = stack
     page = http_get(sw.base + "/")[2].decode()
-    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db", "ai-go-models"):
+    for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db", "ai-go-models", "pam-talk-chain"):
         assert f"<td>{name}</td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
 

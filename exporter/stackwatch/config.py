@@ -418,6 +418,8 @@ def _expand(value: Any, path: tuple[Any, ...], env: dict[str, str], loc: _Locato
             used_env = True
             return env[name]
         if default is not None:
+            # "${TOKEN:-}" (no token) is not an inline secret; "${TOKEN:-hunter2}" still is.
+            used_env = used_env or default == ""
             return default
         line, col = loc.at(path)
         problems.append(Problem(format_path(path), line, col, f"environment variable {name} is not set"))

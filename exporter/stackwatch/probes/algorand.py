@@ -1,0 +1,429 @@
+"""kind: algorand -- an algod node (and optionally an indexer): sync, network, accounts, assets, transactions.
+
+Seed 000: PAM-TALK's token (ASA 746418487 on TestNet) returned empty info because its creation
+transaction never confirmed, and its admin account held 0 ALGO, so nothing could pay a fee.
+THRESHOLDS.md B1-B4.
+
+py-algorand-sdk's clients are blocking (urllib): calls run in a small thread pool, each with the
+probe's remaining budget as its socket timeout, under the scheduler's deadline.  SDK defects
+guarded here: ``ready()`` crashes with AttributeError on 503/500 (their body is ``null``), so
+/ready is read with urllib directly; refusals and timeouts arrive as raw URLError/TimeoutError;
+a trailing slash in the address would give ``//v2`` paths.  Amounts are microAlgos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from algosdk import encoding
+from algosdk.error import AlgodHTTPError, AlgodResponseError, IndexerHTTPError
+from algosdk.v2client.algod import AlgodClient
+from algosdk.v2client.indexer import IndexerClient
+from pydantic import Field, field_validator, model_validator
+
+from stackwatch.config import Duration, Model, Secret, TargetConfig, secret_from
+from stackwatch.exposition import sanitize_label_value
+from stackwatch.probes.base import (
+    Family,
+    ProbeContext,
+    ProbeFailure,
+    ProbeKind,
+    ProbeResult,
+    Reason,
+)
+
+EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stackwatch-algorand")
+
+NETWORKS = {
+    "mainnet-v1.0": "wGHE2Pwdvd7S12BL5FaOP20EGYesN73ktiC1qzkkit8=",
+    "testnet-v1.0": "SGO1GKSzyE7IEPItTxCByw9x8FmnrCDexi9/cOUJOiI=",
+    "betanet-v1.0": "mFgazF+2uRS1tMiL9dsj01hJGySEmPN28B/TjjvpVW0=",
+}
+
+
+def _address(v: Any) -> str:
+    # is_valid_address accepts both values of the last character's 2 padding bits; a
+    # decode/encode round trip does not.
+    if not isinstance(v, str) or not encoding.is_valid_address(v) or encoding.encode_address(encoding.decode_address(v)) != v:
+        raise ValueError(f'"{v}" is not a valid Algorand address (58 characters, base32, with a matching checksum)')
+    return v
+
+
+class Account(Model):
+    alias: str
+    address: str
+    min_balance_algo: float | None = Field(None, ge=0)
+    """Floor in ALGO: below it the account is reported as underfunded (THRESHOLDS.md B2)."""
+
+    @field_validator("address")
+    @classmethod
+    def _valid(cls, v: str) -> str:
+        return _address(v)
+
+
+class Asset(Model):
+    alias: str
+    id: int = Field(ge=1)
+    creator: str | None = None
+    """Expected creator: asset and application ids share one counter, so a 200 alone can be
+    somebody else's asset."""
+    holders: list[str] = Field(default_factory=list)
+    """Aliases of watched accounts whose holding of this asset is exported."""
+
+    @field_validator("creator")
+    @classmethod
+    def _valid(cls, v: str | None) -> str | None:
+        return v if v is None else _address(v)
+
+
+class Transaction(Model):
+    alias: str
+    txid: str = Field(pattern=r"^[A-Z2-7]{52}$")
+    max_pending: Duration = 600.0
+    """Pending longer than this is stuck (THRESHOLDS.md B3); exported for the alert to compare."""
+
+
+class AlgorandTarget(TargetConfig):
+    """An algod endpoint plus what to watch on it."""
+
+    kind: Literal["algorand"]
+    algod_url: str
+    algod_token: Secret | None = None
+    algod_token_file: str | None = None
+    indexer_url: str | None = None
+    indexer_token: Secret | None = None
+    indexer_token_file: str | None = None
+    network: str | None = None
+    """testnet-v1.0, mainnet-v1.0, betanet-v1.0, or a genesis hash (base64)."""
+    max_round_age: Duration = 60.0
+    """The node counts as stalled when its last round is older than this (THRESHOLDS.md B4)."""
+    max_indexer_lag_rounds: int = Field(100, ge=0)
+    accounts: list[Account] = Field(default_factory=list)
+    assets: list[Asset] = Field(default_factory=list)
+    transactions: list[Transaction] = Field(default_factory=list)
+
+    @field_validator("algod_url", "indexer_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f'expected an http:// or https:// URL, got "{v}"')
+        return v.rstrip("/")  # the SDK concatenates: a trailing slash gives //v2/...
+
+    @model_validator(mode="after")
+    def _prepare(self) -> AlgorandTarget:
+        object.__setattr__(self, "algod_token", secret_from(self.algod_token, self.algod_token_file, "algod_token"))
+        object.__setattr__(self, "indexer_token",
+                           secret_from(self.indexer_token, self.indexer_token_file, "indexer_token"))
+        aliases = {a.alias for a in self.accounts}
+        if len(aliases) != len(self.accounts):
+            raise ValueError("account aliases must be unique")
+        for a in self.assets:
+            missing = [h for h in a.holders if h not in aliases]
+            if missing:
+                raise ValueError(f'asset {a.alias}: holder "{missing[0]}" is not the alias of a watched account')
+        if self.network and self.network not in NETWORKS and len(self.network) != 44:
+            raise ValueError(f'network must be one of {", ".join(NETWORKS)} or a base64 genesis hash, got "{self.network}"')
+        return self
+
+
+# ------------------------------------------------------------------ metrics
+
+P = "stackwatch_algorand_"
+HEALTHY = Family(P + "node_healthy", "gauge", "1 if algod's /health answered 200.")
+READY = Family(P + "node_ready", "gauge", "1 if /ready answered 200 (503: catching up; 500: stopped or failing).")
+READY_CODE = Family(P + "node_ready_status_code", "gauge", "HTTP status of /ready.")
+NODE_INFO = Family(P + "node_info", "gauge", "Genesis id and hash and algod build of the node (value 1).")
+NET_MATCH = Family(P + "network_match", "gauge", "1 if the node is on the configured network (genesis id or hash).")
+LAST_ROUND = Family(P + "last_round", "gauge", "Last round the node has.")
+ROUND_AGE = Family(P + "time_since_last_round_seconds", "gauge", "Time since the node's last round.")
+CATCHUP = Family(P + "catchup_time_seconds", "gauge", "Time spent catching up (0 when in sync).")
+STOPPED = Family(P + "stopped_at_unsupported_round", "gauge", "1 if the node stopped at a round its protocol cannot follow.")
+MIN_FEE = Family(P + "min_fee_microalgos", "gauge", "Minimum transaction fee (from /v2/transactions/params).")
+BALANCE = Family(P + "account_balance_microalgos", "gauge", "Account balance.")
+MIN_BAL = Family(P + "account_min_balance_microalgos", "gauge", "Minimum balance the account must keep.")
+SPENDABLE = Family(P + "account_spendable_microalgos", "gauge", "Balance minus minimum balance, floored at 0.")
+HEADROOM = Family(P + "account_fee_headroom_transactions", "gauge",
+                  "How many minimum-fee transactions the spendable balance can pay (0: cannot pay fees).")
+FLOOR = Family(P + "account_floor_microalgos", "gauge", "The configured floor for the account's balance.")
+FUNDED = Family(P + "account_above_floor", "gauge", "1 if the balance is at or above the configured floor.")
+EXISTS = Family(P + "asset_exists", "gauge", "1 if the asset exists on the node's network (0: 404, never created or destroyed).")
+CREATOR_OK = Family(P + "asset_creator_match", "gauge", "1 if the asset's creator is the expected address.")
+TOTAL = Family(P + "asset_total_base_units", "gauge", "Total supply of the asset in base units (float64: exact up to 2^53).")
+DECIMALS = Family(P + "asset_decimals", "gauge", "Decimals of the asset.")
+ASSET_INFO = Family(P + "asset_info", "gauge", "Unit name and name of the asset (value 1).")
+OPTED_IN = Family(P + "asset_opted_in", "gauge", "1 if the account holds (is opted in to) the asset.")
+HOLDING = Family(P + "asset_holding_base_units", "gauge", "The account's amount of the asset, in base units.")
+FROZEN = Family(P + "asset_holding_frozen", "gauge", "1 if the account's holding of the asset is frozen.")
+TX_STATE = Family(P + "transaction_state", "gauge", "1 for the transaction's current state: confirmed, pending, rejected or unknown.")
+TX_ROUND = Family(P + "transaction_confirmed_round", "gauge", "Round the transaction was confirmed in.")
+TX_PENDING = Family(P + "transaction_pending_seconds", "gauge", "How long the transaction has been pending since stackwatch first saw it.")
+TX_MAX_PENDING = Family(P + "transaction_max_pending_seconds", "gauge", "The configured age past which a pending transaction is stuck.")
+IDX_UP = Family(P + "indexer_up", "gauge", "1 if the indexer's /health answered.")
+IDX_DB = Family(P + "indexer_db_available", "gauge", "1 if the indexer reports its database available.")
+IDX_MIGRATING = Family(P + "indexer_migrating", "gauge", "1 if the indexer is migrating.")
+IDX_ROUND = Family(P + "indexer_round", "gauge", "Last round the indexer has imported.")
+IDX_LAG = Family(P + "indexer_lag_rounds", "gauge", "Rounds the indexer is behind algod.")
+
+TX_STATES = ("confirmed", "pending", "rejected", "unknown")
+_pending_since: dict[tuple[str, str], float] = {}
+
+
+# ------------------------------------------------------------------ calls
+
+
+class _Budget:
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def left(self) -> float:
+        left = self.deadline - time.monotonic() - 0.02
+        if left <= 0:
+            raise ProbeFailure(Reason.TIMEOUT, "no time left in the probe's deadline")
+        return left
+
+
+def _classify(exc: BaseException, what: str) -> ProbeFailure:
+    if isinstance(exc, ProbeFailure):
+        return exc
+    if isinstance(exc, AlgodHTTPError):
+        code = exc.code or 0
+        if code == 401:
+            return ProbeFailure(Reason.AUTH, f"{what}: HTTP 401 {exc}: the API token was refused")
+        return ProbeFailure(Reason.HTTP_STATUS, f"{what}: HTTP {code} {exc}")
+    if isinstance(exc, IndexerHTTPError):
+        return ProbeFailure(Reason.HTTP_STATUS, f"{what}: {exc}")
+    if isinstance(exc, AlgodResponseError | json.JSONDecodeError):
+        return ProbeFailure(Reason.INVALID_JSON, f"{what}: the response is not valid JSON")
+    if isinstance(exc, AttributeError):  # SDK: an HTTP error whose JSON body is not an object
+        return ProbeFailure(Reason.HTTP_STATUS, f"{what}: HTTP error with a body that is not an error object")
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ProbeFailure(Reason.TIMEOUT, f"{what}: no answer in time")
+    if isinstance(exc, urllib.error.URLError):
+        inner = exc.reason
+        if isinstance(inner, ConnectionRefusedError):
+            return ProbeFailure(Reason.CONNECTION_REFUSED, f"{what}: connection refused")
+        if isinstance(inner, socket.gaierror):
+            return ProbeFailure(Reason.DNS, f"{what}: cannot resolve the host")
+        if isinstance(inner, TimeoutError | socket.timeout):
+            return ProbeFailure(Reason.TIMEOUT, f"{what}: no answer in time")
+        return ProbeFailure(Reason.CONNECTION, f"{what}: {inner}")
+    if isinstance(exc, ValueError):
+        return ProbeFailure(Reason.INVALID_JSON, f"{what}: unexpected response: {exc}")
+    return ProbeFailure(Reason.INTERNAL, f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _ready_status(url: str, timeout: float) -> int:
+    """GET /ready (no token needed); its error bodies are ``null``, which crashes the SDK."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + "/ready", headers={"User-Agent": "stackwatch"}),
+                                    timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _probe_sync(t: AlgorandTarget, deadline: float, log: list[str],
+                out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
+    """Runs in the Algorand thread pool.  Appends samples to ``out`` as it goes, so a failure
+    half-way keeps what was learnt; returns (failure reason or None, message) or raises ProbeFailure."""
+    budget = _Budget(deadline)
+    token = t.algod_token.get_secret_value() if t.algod_token else ""
+    algod = AlgodClient(token, t.algod_url)
+
+    def call(what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, timeout=budget.left(), **kw)
+        except Exception as exc:
+            raise _classify(exc, what) from None
+
+    # -- node
+    try:
+        algod.health(timeout=budget.left())
+        out.append((HEALTHY, {}, 1))
+    except Exception as exc:
+        out.append((HEALTHY, {}, 0))
+        raise _classify(exc, "GET /health") from None
+    ready = call("GET /ready", lambda timeout: _ready_status(t.algod_url, timeout))
+    out += [(READY, {}, 1 if ready == 200 else 0), (READY_CODE, {}, ready)]
+    versions = call("GET /versions", algod.versions)
+    genesis_id, genesis_hash = str(versions.get("genesis_id", "")), str(versions.get("genesis_hash_b64", ""))
+    build = versions.get("build") or {}
+    out.append((NODE_INFO, {"genesis_id": sanitize_label_value(genesis_id), "genesis_hash": sanitize_label_value(genesis_hash),
+                            "version": f"{build.get('major', '?')}.{build.get('minor', '?')}.{build.get('build_number', '?')}"}, 1))
+    network_ok = True
+    if t.network:
+        expected_hash = NETWORKS.get(t.network, t.network)
+        network_ok = genesis_hash == expected_hash and (t.network not in NETWORKS or genesis_id == t.network)
+        out.append((NET_MATCH, {}, 1 if network_ok else 0))
+    status = call("GET /v2/status", algod.status)
+    try:
+        last_round = int(status["last-round"])
+        age = int(status["time-since-last-round"]) / 1e9  # nanoseconds
+        catchup = int(status["catchup-time"]) / 1e9
+        stopped = bool(status["stopped-at-unsupported-round"])
+    except (KeyError, TypeError, ValueError):
+        # Also the SDK's answer to a malformed 200 body: it returns {} once the body is consumed.
+        raise ProbeFailure(Reason.INVALID_JSON, "GET /v2/status: a required field is missing or not a number") from None
+    out += [(LAST_ROUND, {}, last_round), (ROUND_AGE, {}, age), (CATCHUP, {}, catchup), (STOPPED, {}, 1 if stopped else 0)]
+    log.append(f"node {genesis_id} round {last_round}, last round {age:.1f}s ago, ready {ready}")
+
+    min_fee = 1000
+    if t.accounts:
+        params = call("GET /v2/transactions/params", algod.suggested_params)
+        min_fee = int(getattr(params, "min_fee", 1000) or 1000)
+        out.append((MIN_FEE, {}, min_fee))
+
+    # -- accounts (an unfunded account is 200 with amount 0: "cannot pay fees", not an error)
+    for a in t.accounts:
+        info = call(f"GET /v2/accounts/{a.alias}", algod.account_info, a.address, exclude="all")
+        amount, minimum = int(info.get("amount", 0)), int(info.get("min-balance", 0))
+        spendable = max(0, amount - minimum)
+        lab = {"account": a.alias}
+        out += [(BALANCE, lab, amount), (MIN_BAL, lab, minimum), (SPENDABLE, lab, spendable),
+                (HEADROOM, lab, spendable // max(1, min_fee))]
+        if a.min_balance_algo is not None:
+            floor = round(a.min_balance_algo * 1_000_000)
+            out += [(FLOOR, lab, floor), (FUNDED, lab, 1 if amount >= floor else 0)]
+        log.append(f"account {a.alias}: {amount} µALGO, min {minimum}, can pay {spendable // max(1, min_fee)} fees")
+
+    # -- assets (404 "asset does not exist" is an answer, not a failure)
+    by_alias = {a.alias: a for a in t.accounts}
+    for asset in t.assets:
+        lab = {"asset": asset.alias}
+        try:
+            info = algod.asset_info(asset.id, timeout=budget.left())
+        except AlgodHTTPError as exc:
+            if exc.code == 404:
+                out += [(EXISTS, lab, 0)]
+                if asset.creator:
+                    out.append((CREATOR_OK, lab, 0))
+                log.append(f"asset {asset.alias} ({asset.id}): does not exist on {genesis_id}")
+                continue
+            raise _classify(exc, f"GET /v2/assets/{asset.id}") from None
+        except Exception as exc:
+            raise _classify(exc, f"GET /v2/assets/{asset.id}") from None
+        p = info.get("params") or {}
+        out += [(EXISTS, lab, 1), (TOTAL, lab, float(p.get("total", 0))), (DECIMALS, lab, int(p.get("decimals", 0))),
+                (ASSET_INFO, {**lab, "asset_id": str(asset.id), "unit_name": sanitize_label_value(p.get("unit-name", "")),
+                              "name": sanitize_label_value(p.get("name", ""))}, 1)]
+        if asset.creator:
+            out.append((CREATOR_OK, lab, 1 if p.get("creator") == asset.creator else 0))
+        for holder in asset.holders:
+            hl = {"asset": asset.alias, "account": holder}
+            try:
+                h = algod.account_asset_info(by_alias[holder].address, asset.id, timeout=budget.left())
+            except AlgodHTTPError as exc:
+                if exc.code == 404:  # "account asset info not found": not opted in
+                    out.append((OPTED_IN, hl, 0))
+                    continue
+                raise _classify(exc, f"GET /v2/accounts/{holder}/assets/{asset.id}") from None
+            except Exception as exc:
+                raise _classify(exc, f"GET /v2/accounts/{holder}/assets/{asset.id}") from None
+            holding = h.get("asset-holding")
+            out.append((OPTED_IN, hl, 1 if holding else 0))
+            if holding:
+                out += [(HOLDING, hl, float(holding.get("amount", 0))), (FROZEN, hl, 1 if holding.get("is-frozen") else 0)]
+
+    # -- transactions
+    indexer = None
+    if t.indexer_url:
+        itoken = t.indexer_token.get_secret_value() if t.indexer_token else ""
+        indexer = IndexerClient(itoken, t.indexer_url)
+    for tx in t.transactions:
+        lab = {"transaction": tx.alias}
+        key = (t.name, tx.alias)
+        confirmed_round = None
+        try:
+            info = algod.pending_transaction_info(tx.txid, timeout=budget.left())
+            if int(info.get("confirmed-round") or 0) > 0:
+                state, confirmed_round = "confirmed", int(info["confirmed-round"])
+            elif info.get("pool-error"):
+                state = "rejected"
+                log.append(f"transaction {tx.alias} rejected: {str(info['pool-error'])[:200]}")
+            else:
+                state = "pending"
+        except AlgodHTTPError as exc:
+            if exc.code != 404:
+                raise _classify(exc, f"GET /v2/transactions/pending/{tx.alias}") from None
+            state = "unknown"  # not in the pool nor in the last 1000 rounds
+            if indexer is not None:
+                try:
+                    found = indexer.transaction(tx.txid, timeout=budget.left())
+                    confirmed_round = int((found.get("transaction") or {}).get("confirmed-round") or 0) or None
+                    if confirmed_round:
+                        state = "confirmed"
+                except IndexerHTTPError:
+                    pass  # 404: the indexer does not know it either
+                except Exception as e:
+                    raise _classify(e, f"indexer GET /v2/transactions/{tx.alias}") from None
+        except Exception as exc:
+            raise _classify(exc, f"GET /v2/transactions/pending/{tx.alias}") from None
+        for s in TX_STATES:
+            out.append((TX_STATE, {**lab, "state": s}, 1 if s == state else 0))
+        out.append((TX_MAX_PENDING, lab, tx.max_pending))
+        if confirmed_round:
+            out.append((TX_ROUND, lab, confirmed_round))
+        if state == "pending":
+            first = _pending_since.setdefault(key, time.time())
+            out.append((TX_PENDING, lab, time.time() - first))
+        else:
+            _pending_since.pop(key, None)
+        log.append(f"transaction {tx.alias}: {state}")
+
+    # -- indexer
+    if indexer is not None:
+        try:
+            h = indexer.health(timeout=budget.left())
+            out += [(IDX_UP, {}, 1), (IDX_DB, {}, 1 if h.get("db-available") else 0),
+                    (IDX_MIGRATING, {}, 1 if h.get("is-migrating") else 0), (IDX_ROUND, {}, int(h.get("round", 0))),
+                    (IDX_LAG, {}, max(0, last_round - int(h.get("round", 0))))]
+        except Exception as exc:
+            out.append((IDX_UP, {}, 0))
+            log.append(f"indexer: {_classify(exc, 'indexer GET /health').message}")
+
+    # -- verdict
+    if not network_ok:
+        return Reason.WRONG_NETWORK, (f"node is on {genesis_id} ({genesis_hash}), expected {t.network}; "
+                                           "asset and account results are for the wrong network")
+    if stopped:
+        return Reason.NOT_SYNCED, f"node stopped at unsupported round {last_round}; upgrade algod"
+    if ready != 200 or age > t.max_round_age or catchup > 0:
+        why = "catching up" if ready == 503 or catchup > 0 else f"/ready answered {ready}" if ready != 200 else "stalled"
+        return Reason.NOT_SYNCED, f"node is not in sync ({why}): last round {last_round} was {age:.0f}s ago"
+    return None, ""
+
+
+async def probe_algorand(t: AlgorandTarget, ctx: ProbeContext) -> ProbeResult:
+    log: list[str] = []
+    samples: list[tuple[Family, dict[str, str], float]] = []
+    try:
+        reason, message = await asyncio.get_running_loop().run_in_executor(
+            EXECUTOR, lambda: _probe_sync(t, ctx.deadline, log, samples))
+    except ProbeFailure as exc:
+        reason, message = exc.reason, exc.message
+    for line in log:
+        ctx.log(line)
+    for fam, labels, value in list(samples):
+        ctx.sample(fam, value, **labels)
+    if reason is not None:
+        return ctx.failure(reason, message)
+    return ctx.success()
+
+
+def _on_reload(targets: list[Any]) -> None:
+    alive = {(t.name, tx.alias) for t in targets for tx in t.transactions}
+    for key in [k for k in _pending_since if k not in alive]:
+        del _pending_since[key]
+
+
+KIND = ProbeKind(name="algorand", config_model=AlgorandTarget, probe=probe_algorand, max_concurrent=8,
+                 on_reload=_on_reload)

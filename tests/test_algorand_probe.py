@@ -1,0 +1,283 @@
+"""kind: algorand against a fake algod/indexer built from the official specs (tests/fake_algod.py).
+
+The fake stands in for an Algorand node because none can be reached from this machine; every
+response it sent during these tests is validated against the spec's JSON schemas at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fake_algod import (
+    ADMIN,
+    CREATE_TXID,
+    MAINNET_HASH,
+    PAM_ASSET,
+    FakeAlgorand,
+    healthy_state,
+    seed_000_state,
+)
+from jsonschema import Draft4Validator
+from stackwatch.config import ConfigError, parse_config
+from stackwatch.scheduler import run_probe
+from stackwatch.store import render_result
+
+TOKEN = "canary-algod-token-" + "a" * 45
+SPECS = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" / "algorand"
+ALGOD_SPEC = json.loads((SPECS / "algod.oas2.json").read_text())
+INDEXER_SPEC = json.loads((SPECS / "indexer.oas2.json").read_text())
+SCHEMAS = {  # (server, route, status) -> JSON pointer into the spec; None: the body is null
+    ("algod", "/health", 200): None, ("algod", "/ready", 200): None, ("algod", "/ready", 503): None,
+    ("algod", "/ready", 500): None,
+    ("algod", "/versions", 200): "#/responses/VersionsResponse/schema",
+    ("algod", "/v2/status", 200): "#/responses/NodeStatusResponse/schema",
+    ("algod", "/v2/status", 500): "#/definitions/ErrorResponse",
+    ("algod", "/v2/transactions/params", 200): "#/responses/TransactionParametersResponse/schema",
+    ("algod", "/v2/accounts/{address}", 200): "#/responses/AccountResponse/schema",
+    ("algod", "/v2/assets/{asset-id}", 200): "#/responses/AssetResponse/schema",
+    ("algod", "/v2/assets/{asset-id}", 404): "#/definitions/ErrorResponse",
+    ("algod", "/v2/accounts/{address}/assets/{asset-id}", 200): "#/responses/AccountAssetResponse/schema",
+    ("algod", "/v2/accounts/{address}/assets/{asset-id}", 404): "#/definitions/ErrorResponse",
+    ("algod", "/v2/transactions/pending/{txid}", 200): "#/definitions/PendingTransactionResponse",
+    ("algod", "/v2/transactions/pending/{txid}", 404): "#/definitions/ErrorResponse",
+    ("algod", "401", 401): "#/definitions/ErrorResponse",
+    ("indexer", "/health", 200): "#/responses/HealthCheckResponse/schema",
+    ("indexer", "/v2/transactions/{txid}", 200): "#/responses/TransactionResponse/schema",
+    ("indexer", "/v2/transactions/{txid}", 404): "#/responses/ErrorResponse/schema",
+}
+SEEN: set[tuple[str, str, int]] = set()
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = FakeAlgorand(TOKEN)
+    yield f
+    f.close()
+
+
+@pytest.fixture(autouse=True)
+def validate_responses(fake):
+    """After each test: every response the fake sent matches the official spec."""
+    yield
+    for server, route, status, body in fake.sent:
+        key = (server, route, status)
+        assert key in SCHEMAS, f"the fake sent {key}, which has no schema mapping"
+        SEEN.add(key)
+        pointer = SCHEMAS[key]
+        if pointer is None:
+            assert body is None, key
+            continue
+        spec = ALGOD_SPEC if server == "algod" else INDEXER_SPEC
+        schema = {"definitions": spec["definitions"], "responses": spec["responses"], "allOf": [{"$ref": pointer}]}
+        errors = sorted(Draft4Validator(schema).iter_errors(body), key=str)
+        assert not errors, f"{key}: {errors[0].message}"
+
+
+def target(fake, body: str = "", network: str = "testnet-v1.0", token: str = "${ALGOD_TOKEN}", timeout: str = "3s",
+           indexer: bool = False):
+    text = f"""targets:
+  - name: pam-talk-chain
+    kind: algorand
+    timeout: {timeout}
+    algod_url: {fake.algod_url}/
+    algod_token: "{token}"
+    network: {network}
+{"    indexer_url: " + fake.indexer_url if indexer else ""}
+{body}"""
+    return parse_config(text, env={"ALGOD_TOKEN": TOKEN}).targets[0]
+
+
+SEED_WATCH = f"""    accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
+    assets: [{{alias: pam-token, id: {PAM_ASSET}, creator: {ADMIN}, holders: [admin]}}]
+    transactions: [{{alias: pam-token-create, txid: {CREATE_TXID}}}]
+"""
+
+
+async def probe(t):
+    r = await run_probe(t)
+    return r, "".join(render_result(t, r).values())
+
+
+def series(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("stackwatch_algorand_" + name + "{"):
+            labels, value = line.split("{", 1)[1].rsplit("} ", 1)
+            out[",".join(p for p in labels.split(",") if not p.startswith(("target=", "kind=")))] = float(value)
+    return out
+
+
+async def test_seed_000_state(fake):
+    fake.reset(seed_000_state(TOKEN))
+    r, text = await probe(target(fake, SEED_WATCH))
+    assert r.success, r.message  # the node is fine; what it reports is the problem
+    assert series(text, "network_match") == {"": 1}
+    assert series(text, "asset_exists") == {'asset="pam-token"': 0}
+    assert series(text, "asset_creator_match") == {'asset="pam-token"': 0}
+    assert series(text, "account_balance_microalgos") == {'account="admin"': 0}
+    assert series(text, "account_min_balance_microalgos") == {'account="admin"': 100_000}
+    assert series(text, "account_spendable_microalgos") == {'account="admin"': 0}
+    assert series(text, "account_fee_headroom_transactions") == {'account="admin"': 0}
+    assert series(text, "account_above_floor") == {'account="admin"': 0}
+    assert series(text, "account_floor_microalgos") == {'account="admin"': 1_000_000}
+    assert series(text, "transaction_state") == {
+        'transaction="pam-token-create",state="confirmed"': 0, 'transaction="pam-token-create",state="pending"': 0,
+        'transaction="pam-token-create",state="rejected"': 0, 'transaction="pam-token-create",state="unknown"': 1}
+
+
+async def test_healthy_node_funded_account_and_created_asset(fake):
+    fake.reset(healthy_state(TOKEN))
+    r, text = await probe(target(fake, SEED_WATCH))
+    assert r.success, r.message
+    assert series(text, "last_round") == {"": 58291734}
+    assert series(text, "time_since_last_round_seconds") == {"": pytest.approx(1.432987654)}
+    assert series(text, "account_fee_headroom_transactions") == {'account="admin"': (5_000_000 - 200_000) // 1000}
+    assert series(text, "account_above_floor") == {'account="admin"': 1}
+    assert series(text, "asset_exists") == {'asset="pam-token"': 1}
+    assert series(text, "asset_creator_match") == {'asset="pam-token"': 1}
+    assert series(text, "asset_total_base_units") == {'asset="pam-token"': 1e9}
+    assert series(text, "asset_info") == {
+        f'asset="pam-token",asset_id="{PAM_ASSET}",unit_name="PAM",name="PAM-TALK Token"': 1}
+    assert series(text, "asset_holding_base_units") == {'asset="pam-token",account="admin"': 1e9}
+    assert series(text, "transaction_state")['transaction="pam-token-create",state="confirmed"'] == 1
+    assert series(text, "transaction_confirmed_round") == {'transaction="pam-token-create"': 58291736}
+    assert 'version="4.3.0"' in text and 'genesis_id="testnet-v1.0"' in text
+
+
+async def test_someone_elses_asset_is_a_creator_mismatch(fake):
+    state = healthy_state(TOKEN)
+    state["assets"][PAM_ASSET]["creator"] = "A" * 52 + "AAAAAA"  # not ours
+    fake.reset(state)
+    r, text = await probe(target(fake, SEED_WATCH))
+    assert series(text, "asset_exists") == {'asset="pam-token"': 1}
+    assert series(text, "asset_creator_match") == {'asset="pam-token"': 0}
+
+
+async def test_pending_and_rejected_transactions(fake):
+    state = healthy_state(TOKEN)
+    state["pending"] = {CREATE_TXID: {"pool-error": ""}}
+    fake.reset(state)
+    t = target(fake, SEED_WATCH)
+    _, first = await probe(t)
+    time.sleep(0.2)
+    _, second = await probe(t)
+    assert series(second, "transaction_state")['transaction="pam-token-create",state="pending"'] == 1
+    assert series(second, "transaction_pending_seconds")['transaction="pam-token-create"'] >= \
+        series(first, "transaction_pending_seconds")['transaction="pam-token-create"'] + 0.2
+    state["pending"] = {CREATE_TXID: {"pool-error": "TransactionPool.Remember: transaction: overspend (account MM7Z)"}}
+    r, text = await probe(t)
+    assert series(text, "transaction_state")['transaction="pam-token-create",state="rejected"'] == 1
+    assert "overspend" in "\n".join(r.log)
+
+
+async def test_indexer_tells_confirmed_long_ago_from_unknown(fake):
+    state = seed_000_state(TOKEN)
+    state["indexer_confirmed"] = {CREATE_TXID: 58000000}
+    fake.reset(state)
+    r, text = await probe(target(fake, SEED_WATCH, indexer=True))
+    assert series(text, "transaction_state")['transaction="pam-token-create",state="confirmed"'] == 1
+    assert series(text, "transaction_confirmed_round") == {'transaction="pam-token-create"': 58000000}
+    assert series(text, "indexer_lag_rounds") == {"": 58291734 - 58291730}
+    assert series(text, "indexer_db_available") == {"": 1}
+
+
+async def test_catching_up_node(fake):
+    state = healthy_state(TOKEN)
+    state.update(ready=503, catchup_ns=42_000_000_000)
+    fake.reset(state)
+    r, text = await probe(target(fake))
+    assert (r.success, r.reason.value) == (False, "not_synced")
+    assert r.message.startswith("node is not in sync (catching up)")
+    assert series(text, "node_ready_status_code") == {"": 503}
+    assert series(text, "catchup_time_seconds") == {"": 42}
+
+
+async def test_stalled_rounds(fake):
+    state = healthy_state(TOKEN)
+    state.update(since_last_round_ns=300 * 10**9)
+    fake.reset(state)
+    r, _ = await probe(target(fake))
+    assert (r.reason.value, r.message) == ("not_synced", "node is not in sync (stalled): last round 58291734 was 300s ago")
+
+
+async def test_wrong_network(fake):
+    state = healthy_state(TOKEN)
+    state.update(genesis_id="mainnet-v1.0", genesis_hash=MAINNET_HASH)
+    fake.reset(state)
+    r, text = await probe(target(fake, SEED_WATCH))
+    assert (r.success, r.reason.value) == (False, "wrong_network")
+    assert series(text, "network_match") == {"": 0}
+
+
+async def test_wrong_token_is_auth_and_the_token_never_leaks(fake):
+    fake.reset(healthy_state(TOKEN))
+    t = parse_config(f"""targets:
+  - name: chain
+    kind: algorand
+    algod_url: {fake.algod_url}
+    algod_token: ${{WRONG}}
+""", env={"WRONG": "canary-wrong-token-value-0123456789"}).targets[0]
+    r, text = await probe(t)
+    assert (r.success, r.reason.value) == (False, "auth")
+    assert r.message == "GET /v2/status: HTTP 401 Invalid API Token: the API token was refused"
+    everything = r.message + "\n".join(r.log) + text + repr(t)
+    assert "canary-wrong-token-value-0123456789" not in everything
+    assert series(text, "node_healthy") == {"": 1}  # what was learnt before the failure is kept
+
+
+async def test_status_500(fake):
+    state = healthy_state(TOKEN)
+    state["fault"] = "status500"
+    fake.reset(state)
+    r, _ = await probe(target(fake))
+    assert (r.reason.value, r.message) == ("http_status", "GET /v2/status: HTTP 500 failed retrieving node status")
+
+
+async def test_malformed_json(fake):
+    state = healthy_state(TOKEN)
+    state["fault"] = "malformed"
+    fake.reset(state)
+    r, _ = await probe(target(fake))
+    # The SDK turns an unparseable 200 body into {} once it has read it (resp.length is then 0);
+    # the probe's required-field check catches that.
+    assert (r.reason.value, r.message) == ("invalid_json", "GET /v2/status: a required field is missing or not a number")
+
+
+async def test_hang_ends_at_the_deadline(fake):
+    state = healthy_state(TOKEN)
+    state["fault"] = "hang"
+    fake.reset(state)
+    started = time.monotonic()
+    r, _ = await probe(target(fake, timeout="1s"))
+    assert (r.success, r.reason.value) == (False, "timeout")
+    assert time.monotonic() - started < 1.2
+
+
+async def test_refused_node():
+    t = parse_config("targets:\n  - {name: c, kind: algorand, algod_url: 'http://127.0.0.1:1'}\n").targets[0]
+    r, text = await probe(t)
+    assert (r.reason.value, r.message) == ("connection_refused", "GET /health: connection refused")
+    assert series(text, "node_healthy") == {"": 0}
+
+
+@pytest.mark.parametrize("body,error", [
+    (f"accounts: [{{alias: admin, address: {ADMIN[:-1]}N}}]", "is not a valid Algorand address"),
+    (f"accounts: [{{alias: admin, address: {ADMIN[:-3]}}}]", "is not a valid Algorand address"),
+    ("network: localnet", "network must be one of mainnet-v1.0, testnet-v1.0, betanet-v1.0"),
+    ("assets: [{alias: t, id: 1, holders: [nobody]}]", 'holder "nobody" is not the alias of a watched account'),
+])
+def test_config_errors(body, error):
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"targets:\n  - name: c\n    kind: algorand\n    algod_url: http://x\n    {body}\n")
+    assert error in str(info.value)
+
+
+def test_every_fake_response_kind_was_validated():
+    """The spec check above ran on every kind of response the scenarios need."""
+    must = {("algod", "/v2/assets/{asset-id}", 404), ("algod", "/v2/accounts/{address}", 200),
+            ("algod", "/ready", 503), ("algod", "401", 401), ("indexer", "/health", 200),
+            ("algod", "/v2/transactions/pending/{txid}", 404), ("indexer", "/v2/transactions/{txid}", 200)}
+    assert must <= SEEN
