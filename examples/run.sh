@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run stackwatch on the example platform: http://127.0.0.1:9938/ (status page) and /metrics.
+# `stackwatch demo` from a fresh clone: creates .venv if needed, then runs a simulated platform
+# with the seed documents' failures and stackwatch watching it (http://127.0.0.1:9938/).
+#   ./examples/run.sh [--with-prometheus]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/stackwatch ]; then
@@ -7,8 +9,4 @@ if [ ! -x .venv/bin/stackwatch ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e '.[test]'
 fi
-.venv/bin/python examples/demo_platform.py --port 18500 &
-platform=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18500) 2>/dev/null && break; sleep 0.1; done
-trap 'kill $platform 2>/dev/null' EXIT
-.venv/bin/stackwatch --config.file examples/stackwatch.yml --web.listen-address 127.0.0.1:9938 "$@"
+exec .venv/bin/stackwatch demo "$@"

@@ -1,198 +1,26 @@
-"""A fake algod and indexer for the Algorand probe tests (no Algorand node is reachable here).
-
-It answers with the shapes of the official specs in ../shared/specs/algorand/ and the server
-behaviours that folder's README lists: /health, /ready and /versions need no token; /health is
-``null``; /ready answers 200, 503 or 500 with a ``null`` body; /v2 needs X-Algo-API-Token and a
-bad one gets 401 {"message":"Invalid API Token"}; 404 messages are the server's; an address
-never funded is 200 with amount 0 and min-balance 100000.  Every response it sends is recorded,
-and tests/test_algorand_probe.py validates them against the spec's schemas so the fake cannot
-drift from the real API.
-"""
+"""The fake algod/indexer of stackwatch.fakealgod, run in a background loop for the tests."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import json
-from typing import Any
-
-from aiohttp import web
+from stackwatch.fakealgod import (  # noqa: F401  (re-exported for the tests)
+    ADMIN,
+    CREATE_TXID,
+    MAINNET_HASH,
+    PAM_ASSET,
+    TESTNET_HASH,
+    healthy_state,
+    seed_000_state,
+)
+from stackwatch.fakealgod import FakeAlgorand as _Fake
 from targets import LoopThread, free_port
 
-TESTNET_HASH = "SGO1GKSzyE7IEPItTxCByw9x8FmnrCDexi9/cOUJOiI="
-MAINNET_HASH = "wGHE2Pwdvd7S12BL5FaOP20EGYesN73ktiC1qzkkit8="
-ADMIN = "MM7ZDYCD4RD5CVUO5RO6NAA7K7S7T7REFYEVQJ5AGQWVB63G7JD66SDKBM"
-PAM_ASSET = 746418487
-CREATE_TXID = "TXNCREATEPAMTOKEN2222222222222222222222222222222222A"
-PROTOCOL = "https://github.com/algorandfoundation/specs/tree/953304de35264fc3ef91bcd05c123242015eeaed"
 
-
-def healthy_state(token: str) -> dict[str, Any]:
-    return {
-        "token": token, "genesis_id": "testnet-v1.0", "genesis_hash": TESTNET_HASH,
-        "last_round": 58291734, "since_last_round_ns": 1_432_987_654, "catchup_ns": 0, "stopped": False,
-        "ready": 200, "min_fee": 1000,
-        "accounts": {ADMIN: {"amount": 5_000_000, "min-balance": 200_000, "total-assets-opted-in": 1,
-                             "total-created-assets": 1}},
-        "assets": {PAM_ASSET: {"creator": ADMIN, "decimals": 6, "total": 1_000_000_000, "unit-name": "PAM",
-                               "name": "PAM-TALK Token", "manager": ADMIN, "reserve": ADMIN, "default-frozen": False}},
-        "holdings": {(ADMIN, PAM_ASSET): {"amount": 1_000_000_000, "asset-id": PAM_ASSET, "is-frozen": False}},
-        "pending": {CREATE_TXID: {"confirmed-round": 58291736, "asset-index": PAM_ASSET, "pool-error": ""}},
-        "indexer_round": 58291730, "indexer_db": True, "indexer_confirmed": {},
-        "fault": None,  # None | "status500" | "hang" | "malformed"
-    }
-
-
-def seed_000_state(token: str) -> dict[str, Any]:
-    """PAM-TALK on 2025-xx: the token's creation never confirmed, the admin account holds 0 ALGO."""
-    s = healthy_state(token)
-    s["accounts"] = {}  # never funded: algod answers 200 with amount 0
-    s["assets"] = {}
-    s["holdings"] = {}
-    s["pending"] = {}
-    return s
-
-
-class FakeAlgorand:
+class FakeAlgorand(_Fake):
     def __init__(self, token: str):
+        super().__init__(token)
         self.lt = LoopThread()
-        self.algod_port = free_port()
-        self.indexer_port = free_port()
-        self.state = healthy_state(token)
-        self.sent: list[tuple[str, str, int, Any]] = []  # (server, route, status, body)
-        self.lt.run(self._start())
-
-    @property
-    def algod_url(self) -> str:
-        return f"http://127.0.0.1:{self.algod_port}"
-
-    @property
-    def indexer_url(self) -> str:
-        return f"http://127.0.0.1:{self.indexer_port}"
-
-    def reset(self, state: dict[str, Any]) -> None:
-        self.state = state
-        self.sent.clear()
-
-    # ------------------------------------------------------------------ helpers
-
-    def _reply(self, server: str, route: str, status: int, body: Any) -> web.Response:
-        self.sent.append((server, route, status, copy.deepcopy(body)))
-        return web.Response(status=status, text=json.dumps(body) + "\n", content_type="application/json")
-
-    def _error(self, route: str, status: int, message: str) -> web.Response:
-        return self._reply("algod", route, status, {"message": message})
-
-    async def _fault(self, route: str) -> web.Response | None:
-        fault = self.state["fault"]
-        if fault == "hang":
-            await asyncio.sleep(5)  # longer than any test timeout
-        if fault == "malformed" and route.startswith("/v2"):
-            return web.Response(status=200, text='{"last-round": 58291734, ', content_type="application/json")
-        if fault == "status500" and route == "/v2/status":
-            return self._error(route, 500, "failed retrieving node status")
-        return None
-
-    def _authorised(self, request: web.Request) -> bool:
-        token = request.headers.get("X-Algo-API-Token")
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return self.state["token"] in (token, bearer)
-
-    # ------------------------------------------------------------------ algod
-
-    async def _algod(self, request: web.Request) -> web.Response:
-        path = request.path
-        s = self.state
-        if path == "/health":
-            return self._reply("algod", "/health", 200, None)
-        if path == "/ready":
-            return self._reply("algod", "/ready", s["ready"], None)
-        if path == "/versions":
-            return self._reply("algod", "/versions", 200, {
-                "versions": ["v2"], "genesis_id": s["genesis_id"], "genesis_hash_b64": s["genesis_hash"],
-                "build": {"major": 4, "minor": 3, "build_number": 0, "commit_hash": "0123abcd", "branch": "rel/stable",
-                          "channel": "stable"}})
-        if not path.startswith("/v2/"):
-            return self._error(path, 404, "Not Found")
-        if not self._authorised(request):
-            return self._error("401", 401, "Invalid API Token")
-        faulty = await self._fault(path)
-        if faulty is not None:
-            return faulty
-        parts = path.split("/")[2:]
-        if parts == ["status"]:
-            return self._reply("algod", "/v2/status", 200, {
-                "catchup-time": s["catchup_ns"], "last-round": s["last_round"], "last-version": PROTOCOL,
-                "next-version": PROTOCOL, "next-version-round": s["last_round"] + 1, "next-version-supported": True,
-                "stopped-at-unsupported-round": s["stopped"], "time-since-last-round": s["since_last_round_ns"],
-                "last-catchpoint": "", "catchpoint": ""})
-        if parts == ["transactions", "params"]:
-            return self._reply("algod", "/v2/transactions/params", 200, {
-                "consensus-version": PROTOCOL, "fee": 0, "genesis-hash": s["genesis_hash"], "genesis-id": s["genesis_id"],
-                "last-round": s["last_round"], "min-fee": s["min_fee"]})
-        if len(parts) == 2 and parts[0] == "accounts":
-            a = s["accounts"].get(parts[1], {})
-            return self._reply("algod", "/v2/accounts/{address}", 200, {
-                "address": parts[1], "amount": a.get("amount", 0), "amount-without-pending-rewards": a.get("amount", 0),
-                "min-balance": a.get("min-balance", 100_000), "pending-rewards": 0, "rewards": 0, "round": s["last_round"],
-                "status": "Offline", "total-apps-opted-in": 0, "total-assets-opted-in": a.get("total-assets-opted-in", 0),
-                "total-created-apps": 0, "total-created-assets": a.get("total-created-assets", 0)})
-        if len(parts) == 2 and parts[0] == "assets":
-            asset = s["assets"].get(int(parts[1]))
-            if asset is None:
-                return self._error("/v2/assets/{asset-id}", 404, "asset does not exist")
-            return self._reply("algod", "/v2/assets/{asset-id}", 200, {"index": int(parts[1]), "params": asset})
-        if len(parts) == 4 and parts[0] == "accounts" and parts[2] == "assets":
-            holding = s["holdings"].get((parts[1], int(parts[3])))
-            if holding is None:
-                return self._error("/v2/accounts/{address}/assets/{asset-id}", 404, "account asset info not found")
-            return self._reply("algod", "/v2/accounts/{address}/assets/{asset-id}", 200,
-                               {"round": s["last_round"], "asset-holding": holding})
-        if len(parts) == 3 and parts[:2] == ["transactions", "pending"]:
-            found = s["pending"].get(parts[2])
-            if found is None:
-                return self._error("/v2/transactions/pending/{txid}", 404,
-                                   "could not find the transaction in the transaction pool or in the last 1000 confirmed rounds")
-            txn = {"sig": "c2ln", "txn": {"type": "acfg", "snd": ADMIN, "fee": 1000, "fv": 58291700, "lv": 58292700,
-                                          "gen": s["genesis_id"], "gh": s["genesis_hash"]}}
-            return self._reply("algod", "/v2/transactions/pending/{txid}", 200, {**found, "txn": txn})
-        return self._error(path, 404, "Not Found")
-
-    # ------------------------------------------------------------------ indexer
-
-    async def _indexer(self, request: web.Request) -> web.Response:
-        s = self.state
-        if request.path == "/health":
-            return self._reply("indexer", "/health", 200, {
-                "version": "3.9.0", "message": str(s["indexer_round"]), "round": s["indexer_round"],
-                "is-migrating": False, "db-available": s["indexer_db"]})
-        parts = request.path.split("/")[2:]
-        if len(parts) == 2 and parts[0] == "transactions":
-            rnd = s["indexer_confirmed"].get(parts[1])
-            if rnd is None:
-                return self._reply("indexer", "/v2/transactions/{txid}", 404,
-                                   {"message": f"no transaction found for transaction id: {parts[1]}"})
-            return self._reply("indexer", "/v2/transactions/{txid}", 200, {"current-round": s["indexer_round"], "transaction": {
-                "id": parts[1], "confirmed-round": rnd, "fee": 1000, "first-valid": rnd - 10, "last-valid": rnd + 990,
-                "sender": ADMIN, "tx-type": "acfg", "round-time": 1700000000, "intra-round-offset": 0,
-                "close-rewards": 0, "closing-amount": 0, "receiver-rewards": 0, "sender-rewards": 0,
-                "created-asset-index": PAM_ASSET, "asset-config-transaction": {"asset-id": 0}}})
-        return self._reply("indexer", request.path, 404, {"message": "Not Found"})
-
-    async def _start(self) -> None:
-        self.runners = []
-        for handler, port in ((self._algod, self.algod_port), (self._indexer, self.indexer_port)):
-            app = web.Application()
-            app.router.add_route("GET", "/{tail:.*}", handler)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            self.runners.append(runner)
+        self.lt.run(self.start(free_port(), free_port()))
 
     def close(self) -> None:
-        async def stop() -> None:
-            for r in self.runners:
-                await r.cleanup()
-
-        self.lt.run(stop())
+        self.lt.run(self.stop())
         self.lt.close()

@@ -22,6 +22,7 @@ from harness import (
     wait_until,
 )
 from receivers import Receivers, dump
+from stackwatch import bundle
 from targets import FLAKY_MODE, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,35 +118,7 @@ def test_every_thresholds_row_with_an_alert_is_covered_or_pending():
 
 def render_alertmanager(dest: Path, telegram_api_url: str | None = None, webhook_url: str | None = None,
                         fast: bool = False) -> Path:
-    """The committed config, made runnable by Debian's Alertmanager 0.25 and pointed at test receivers.
-
-    0.25 has no bot_token_file, so the token goes inline (a test token).  With ``fast``, the
-    route timers are scaled down so delivery and resolution happen within seconds, and the
-    e-mail integration (no SMTP server here) is dropped.
-    """
-    doc = yaml.safe_load(AM_CONFIG.read_text())
-    doc["templates"] = [str(AM_TEMPLATES / "*.tmpl")]
-    for receiver in doc["receivers"]:
-        for tg in receiver.get("telegram_configs", []):
-            tg.pop("bot_token_file")
-            tg["bot_token"] = BOT_TOKEN
-            if telegram_api_url:
-                tg["api_url"] = telegram_api_url
-        for wh in receiver.get("webhook_configs", []):
-            if webhook_url:
-                wh["url"] = webhook_url
-        for em in receiver.get("email_configs", []):
-            em.pop("auth_password_file")
-            em["auth_password"] = "test-smtp-password"
-        if fast:
-            receiver.pop("email_configs", None)
-    if fast:
-        for route in [doc["route"], *doc["route"]["routes"]]:
-            for key, value in (("group_wait", "1s"), ("group_interval", "2s"), ("repeat_interval", "1h")):
-                if key in route or route is doc["route"]:
-                    route[key] = value
-    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dest
+    return bundle.render_alertmanager(dest, BOT_TOKEN, telegram_api_url, webhook_url, fast=fast, email=not fast)
 
 
 def test_amtool_check_config(tmp_path):
@@ -195,20 +168,6 @@ def test_telegram_template_stays_under_4096_characters_and_escapes_html(tmp_path
 # ------------------------------------------------------------------------ end to end
 
 
-def scaled_rules(dest: Path) -> Path:
-    """The real alert rules with every `for` divided by 30 (at least 1s): same expressions, faster."""
-    doc = yaml.safe_load(ALERTS_FILE.read_text())
-    units = {"s": 1, "m": 60, "h": 3600}
-    for group in doc["groups"]:
-        for rule in group["rules"]:
-            if "for" in rule:
-                m = re.fullmatch(r"(\d+)([smh])", rule["for"])
-                assert m, rule["for"]
-                rule["for"] = f"{max(1, int(m.group(1)) * units[m.group(2)] // 30)}s"
-    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dest
-
-
 class Alertmanager(Process):
     def __init__(self, tmp: Path, config: Path):
         self.port = free_port()
@@ -244,7 +203,7 @@ targets:
         procs.append(am)
         sw = Stackwatch(cfg, tmp_path)
         procs.append(sw)
-        rules = [str(RULES / "stackwatch-recording.yml"), str(scaled_rules(tmp_path / "alerts.yml"))]
+        rules = [str(RULES / "stackwatch-recording.yml"), str(bundle.scaled_alert_rules(tmp_path / "alerts.yml"))]
         prom = Prometheus(tmp_path, [stackwatch_scrape(sw)], rule_files=rules, alertmanagers=[f"127.0.0.1:{am.port}"])
         procs.append(prom)
         prom.wait_for('stackwatch_probe_success{target="checkout"} == 1', timeout=30)

@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stackwatch",
         description="Prometheus exporter for HTTP services, JSON APIs, SQL databases, Algorand and consistency checks.",
-        epilog="Subcommand: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error).",
+        epilog="Subcommands: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error);\n"
+               "stackwatch demo [--with-prometheus]  (a simulated platform with the seeds' failures, watched).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
@@ -41,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "demo":
+        from stackwatch.demo import main as demo_main
+
+        return demo_main(argv[1:])
     if argv and argv[0] == "check-config":
         if len(argv) != 2:
             print("usage: stackwatch check-config FILE", file=sys.stderr)
