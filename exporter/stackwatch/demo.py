@@ -8,8 +8,8 @@ Everything runs in this one process on loopback ports, with no setup:
   and its SQLite database whose ``strategies`` table lacks ``strategy_type``;
 * PAM-TALK's business database (users by role, products, eco points) in SQLite;
 * the energy pool overview, one partner low on energy (seed 001);
-* AI-GO's model counts from a database, an API, a lagging cache and a fallback file stuck at
-  139, which disagree (seed 002);
+* AI-GO's model counts from a database, an API, a lagging cache, a deployed copy showing 128
+  active of 74 and a fallback file stuck at 139, which disagree (seed 002);
 * a fake algod in the seed 000 state: the token does not exist, the admin account holds 0 ALGO.
 
 With ``--with-prometheus`` it also starts Prometheus and Alertmanager from PATH (Debian's
@@ -35,7 +35,13 @@ import yaml
 from aiohttp import web
 
 from stackwatch import bundle
-from stackwatch.fakealgod import ADMIN, CREATE_TXID, PAM_ASSET, FakeAlgorand, seed_000_state
+from stackwatch.fakealgod import (
+    ADMIN,
+    CREATE_TXID,
+    PAM_ASSET,
+    FakeAlgorand,
+    seed_000_state,
+)
 
 PAM_TALK_HEALTH = {"status": "healthy", "version": "3.0.0-social", "features": ["social", "esg-points", "rewards"]}
 AI_GO_API = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "degradedModels": 1, "outageModels": 1,
@@ -106,6 +112,11 @@ class Platform:
     async def _ai_go(self, _: web.Request) -> web.Response:
         return web.json_response(AI_GO_API)
 
+    async def _ai_go_deployed(self, _: web.Request) -> web.Response:
+        # What the deployed page showed: "(128/74) : 128", more active models than models.
+        return web.json_response({"totalModels": 74, "activeModels": 128, "operationalModels": 49,
+                                  "degradedModels": 1, "outageModels": 1})
+
     async def _ai_go_cache(self, _: web.Request) -> web.Response:
         # A cache that lags: it creeps towards the database's numbers and falls back again.
         self.cache["totalModels"] = 60 + (self.cache["totalModels"] - 59) % 4
@@ -136,6 +147,7 @@ class Platform:
         main.router.add_get("/pam-talk/health", self._pam_talk)
         main.router.add_get("/ai-go/realtime-stats", self._ai_go)
         main.router.add_get("/ai-go/cached-stats", self._ai_go_cache)
+        main.router.add_get("/ai-go/deployed-stats", self._ai_go_deployed)
         main.router.add_get("/api/v1/energy/overview", self._energy)
         main.router.add_post("/telegram/bot{token}/sendMessage", self._telegram)
         main.router.add_post("/webhook", self._webhook)
@@ -197,6 +209,8 @@ class Platform:
                      {"name": "api", "priority": 2,
                       "http": {"url": f"{main}/ai-go/realtime-stats", "fields": api_fields, "served_path": "$.dataSource"}},
                      {"name": "cache", "priority": 3, "http": {"url": f"{main}/ai-go/cached-stats", "fields": api_fields}},
+                     {"name": "deployed", "priority": 5,
+                      "http": {"url": f"{main}/ai-go/deployed-stats", "fields": api_fields}},
                      {"name": "github-fallback", "priority": 4,
                       "file": {"path": str(d / "github-fallback.json"),
                                "fields": {"total": "$.totalModels", "active": "$.activeModels"}}}]},
