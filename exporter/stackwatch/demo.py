@@ -224,20 +224,20 @@ class Platform:
         }
 
 
-def _start_prometheus(workdir: Path, listen: str, platform: Platform) -> list[subprocess.Popen[bytes]]:
+def _start_prometheus(workdir: Path, listen: str, platform: Platform, prom_port: int,
+                      am_port: int) -> list[subprocess.Popen[bytes]]:
     prom_bin = shutil.which("prometheus")
     am_bin = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     if not prom_bin or not am_bin:
         raise SystemExit("--with-prometheus needs prometheus and prometheus-alertmanager on PATH "
                          "(apt-get install prometheus prometheus-alertmanager)")
-    prom_port, am_port = 9090, 9093
     main = f"http://127.0.0.1:{platform.main_port}"
     am_cfg = bundle.render_alertmanager(workdir / "alertmanager.yml", "0:demo-token", f"{main}/telegram",
                                         f"{main}/webhook", fast=True, email=False)
     rules = [str(bundle.bundle_dir("prometheus") / "rules" / "stackwatch-recording.yml"),
              str(bundle.scaled_alert_rules(workdir / "alerts-demo.yml", divisor=10))]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "global": {"scrape_interval": "5s", "scrape_timeout": "4s", "evaluation_interval": "5s"},
         "rule_files": rules,
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [{"job_name": "stackwatch", "static_configs": [{"targets": [listen]}]}]}))
@@ -252,7 +252,8 @@ def _start_prometheus(workdir: Path, listen: str, platform: Platform) -> list[su
     return procs
 
 
-async def run(listen: str, workdir: Path | None, with_prometheus: bool) -> None:
+async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_port: int = 9090,
+              am_port: int = 9093) -> None:
     import os
 
     from stackwatch.app import Exporter
@@ -276,7 +277,7 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool) -> None:
           f"  status page   http://{shown}/\n  metrics       http://{shown}/metrics\n"
           f"  debug a probe http://{shown}/probe?target=trading-backend&debug=true\n"
           f"  config        {cfg_path}", flush=True)
-    procs = _start_prometheus(workdir, shown, platform) if with_prometheus else []
+    procs = _start_prometheus(workdir, shown, platform, prom_port, am_port) if with_prometheus else []
     try:
         await serve(Exporter(cfg_path, config), listen)
     finally:
@@ -296,13 +297,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dir", type=Path, help="keep the demo's config and databases here (default: a temp dir)")
     p.add_argument("--with-prometheus", action="store_true",
                    help="also start Prometheus (:9090) and Alertmanager (:9093) with the bundle's rules and routes")
+    p.add_argument("--prometheus-port", type=int, default=9090)
+    p.add_argument("--alertmanager-port", type=int, default=9093)
     p.add_argument("--log.level", dest="log_level", default="warn", choices=["debug", "info", "warn", "error"])
     args = p.parse_args(argv)
     from stackwatch.logsetup import setup_logging
 
     setup_logging("warning" if args.log_level == "warn" else args.log_level, "logfmt")
     try:
-        asyncio.run(run(args.listen, args.dir, args.with_prometheus))
+        asyncio.run(run(args.listen, args.dir, args.with_prometheus, args.prometheus_port, args.alertmanager_port))
     except OSError as exc:
         print(f"stackwatch demo: {exc}", file=sys.stderr)
         return 1
