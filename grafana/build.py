@@ -5,7 +5,7 @@
 
 The SDK flavour is pinned to Grafana 11.6 (pyproject's `dashboards` extra): an unpinned install
 resolves to the 10.1 types.  Every threshold line comes from THRESHOLDS below, which
-tests/test_dashboards.py checks against ../shared/THRESHOLDS.md; every panel query is executed
+tests/test_dashboards.py checks against docs/THRESHOLDS.md; every panel query is executed
 against a live Prometheus by the same test.
 """
 

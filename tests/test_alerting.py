@@ -32,7 +32,7 @@ RULE_TESTS = sorted((ROOT / "prometheus" / "tests").glob("*.yml"))
 AM_CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
 AM_TEMPLATES = ROOT / "alertmanager" / "templates"
 RUNBOOK = ROOT / "docs" / "runbook.md"
-THRESHOLDS = ROOT.parent / "shared" / "THRESHOLDS.md"
+THRESHOLDS = ROOT / "docs" / "THRESHOLDS.md"  # copy of the thresholds document
 BOT_TOKEN = "123456:TEST-bot-token-for-ci"
 CHAT_ID = -1001234567890
 

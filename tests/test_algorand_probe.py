@@ -26,7 +26,7 @@ from stackwatch.scheduler import run_probe
 from stackwatch.store import render_result
 
 TOKEN = "canary-algod-token-" + "a" * 45
-SPECS = Path(__file__).resolve().parent.parent.parent / "shared" / "specs" / "algorand"
+SPECS = Path(__file__).resolve().parent / "data" / "algorand-specs"  # verbatim copies of the official specs
 ALGOD_SPEC = json.loads((SPECS / "algod.oas2.json").read_text())
 INDEXER_SPEC = json.loads((SPECS / "indexer.oas2.json").read_text())
 SCHEMAS = {  # (server, route, status) -> JSON pointer into the spec; None: the body is null

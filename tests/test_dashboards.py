@@ -18,7 +18,7 @@ from targets import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
-THRESHOLDS_MD = (ROOT.parent / "shared" / "THRESHOLDS.md").read_text()
+THRESHOLDS_MD = (ROOT / "docs" / "THRESHOLDS.md").read_text()
 sys.path.insert(0, str(ROOT / "grafana"))
 import build  # noqa: E402  (grafana/build.py)
 

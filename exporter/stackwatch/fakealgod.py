@@ -1,6 +1,6 @@
 """A fake algod and indexer, for `stackwatch demo` and the tests (no Algorand node is reachable here).
 
-It answers with the shapes of the official specs in ../shared/specs/algorand/ and the server
+It answers with the shapes of the official specs (copies in tests/data/algorand-specs/) and the server
 behaviours that folder's README lists: /health, /ready and /versions need no token; /health is
 ``null``; /ready answers 200, 503 or 500 with a ``null`` body; /v2 needs X-Algo-API-Token and a
 bad one gets 401 {"message":"Invalid API Token"}; 404 messages are the server's; an address
