@@ -253,7 +253,7 @@ async def test_hang_ends_at_the_deadline(fake):
     started = time.monotonic()
     r, _ = await probe(target(fake, timeout="1s"))
     assert (r.success, r.reason.value) == (False, "timeout")
-    assert time.monotonic() - started < 1.2
+    assert time.monotonic() - started < 1.5
 
 
 async def test_refused_node():

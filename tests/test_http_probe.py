@@ -85,7 +85,7 @@ async def test_slow_server_times_out_at_the_deadline(servers):
     r = await probe(t)
     elapsed = time.monotonic() - started
     assert (r.success, r.reason.value) == (False, "timeout")
-    assert 0.45 < elapsed < 1.0  # the server answers only after 3 s
+    assert 0.45 < elapsed < 1.3  # the server answers only after 3 s
 
 
 async def test_server_that_accepts_and_never_answers_times_out(servers):

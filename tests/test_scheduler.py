@@ -94,7 +94,7 @@ async def test_bad_targets_do_not_stop_or_delay_good_ones():
     # Every target kept being probed on its 200 ms interval (about 6 runs in 1.3 s, minus the spread offset).
     for name in ("raises", "hangs", "garbage", "good"):
         s = states[name]
-        assert 4 <= s.successes + s.failures <= 7, (name, s.successes, s.failures)
+        assert 3 <= s.successes + s.failures <= 8, (name, s.successes, s.failures)
     assert states["good"].failures == 0
     assert states["hangs"].by_reason == {"timeout": states["hangs"].failures}
     # The hanging target's 200 ms timeouts never delayed the good target's starts.

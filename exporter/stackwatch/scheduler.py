@@ -32,11 +32,13 @@ log = logging.getLogger("stackwatch.scheduler")
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-async def run_probe(target: TargetConfig) -> ProbeResult:
-    """Run one probe of a target under its hard deadline; always returns a ProbeResult."""
+async def run_probe(target: TargetConfig, verbose: bool = True) -> ProbeResult:
+    """Run one probe of a target under its hard deadline; always returns a ProbeResult.
+
+    ``verbose`` keeps the probe's debug log (for /probe?debug=true and tests)."""
     kind = registry()[target.kind]
     timeout = float(target.timeout or 5.0)
-    ctx = ProbeContext(target, timeout)
+    ctx = ProbeContext(target, timeout, verbose)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
@@ -197,7 +199,7 @@ class Scheduler:
                     self._observe_lag(max(0.0, loop.time() - planned))
                 self.in_flight += 1
                 try:
-                    return await run_probe(target)
+                    return await run_probe(target, verbose=False)
                 finally:
                     self.in_flight -= 1
             finally:

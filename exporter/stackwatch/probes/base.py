@@ -137,10 +137,13 @@ class ProbeFailure(Exception):
 class ProbeContext:
     """What a probe gets besides its config: the deadline and somewhere to put results."""
 
-    __slots__ = ("target", "deadline", "samples", "log_lines", "_secrets", "_start")
+    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "_secrets", "_start")
 
-    def __init__(self, target: TargetConfig, timeout: float):
+    def __init__(self, target: TargetConfig, timeout: float, verbose: bool = True):
         self.target = target
+        self.verbose = verbose
+        """Keep the debug log.  Scheduled probes do not: nothing reads it, and building and
+        scrubbing its lines is a measurable share of a probe's CPU."""
         self._start = time.monotonic()
         self.deadline = self._start + timeout
         self.samples: list[tuple[Family, Labels, float]] = []
@@ -155,7 +158,7 @@ class ProbeContext:
         self.samples.append((family, tuple(labels.items()), float(value)))
 
     def log(self, message: str) -> None:
-        if len(self.log_lines) < 200:
+        if self.verbose and len(self.log_lines) < 200:
             elapsed = time.monotonic() - self._start
             self.log_lines.append(f"{elapsed * 1000:8.1f}ms {self.scrub(message)}")
 
