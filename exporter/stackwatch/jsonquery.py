@@ -18,10 +18,11 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as _parse_ext
+from pydantic import PlainSerializer, PlainValidator
 
 MISSING = object()
 
@@ -200,3 +201,11 @@ def compile_assertion(text: str) -> Assertion:
     if (func == "len" and not isinstance(rhs, int | float)) or (op in ("<", "<=", ">", ">=") and isinstance(rhs, bool)):
         raise ValueError(f'assertion "{text}" compares with {op} against a non-number')
     return Assertion(text.strip(), path, func, negate, op, rhs_text, rhs, regexp)
+
+
+JSONPathField = Annotated[
+    JSONPathExpr,
+    PlainValidator(lambda v: v if isinstance(v, JSONPathExpr) else compile_path(v)),
+    PlainSerializer(lambda p: p.text, return_type=str),
+]
+"""A config field holding a JSON path, compiled at load (a bad path is a config error)."""

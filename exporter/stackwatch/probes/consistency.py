@@ -36,7 +36,7 @@ from pydantic import (
 from stackwatch import sqldb
 from stackwatch.config import Model, Secret, TargetConfig, secret_from
 from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import JSONPathExpr, compile_path
+from stackwatch.jsonquery import JSONPathExpr, JSONPathField
 from stackwatch.probes.base import (
     Family,
     ProbeContext,
@@ -46,9 +46,6 @@ from stackwatch.probes.base import (
     Reason,
 )
 from stackwatch.probes.jsonapi import to_number
-
-PathT = Annotated[JSONPathExpr, PlainValidator(lambda v: v if isinstance(v, JSONPathExpr) else compile_path(v)),
-                  PlainSerializer(lambda p: p.text, return_type=str)]
 
 # ------------------------------------------------------------------ invariants
 
@@ -120,9 +117,9 @@ MODEL_COUNT_INVARIANTS = ("active <= total", "operational + degraded + outage <=
 
 
 class HTTPSource(HTTPRequest):
-    fields: dict[str, PathT]
+    fields: dict[str, JSONPathField]
     """Field -> JSON path in the response."""
-    served_path: PathT | None = None
+    served_path: JSONPathField | None = None
     """JSON path whose string value names the source the application currently serves."""
 
 
@@ -145,7 +142,7 @@ class SQLSource(Model):
 
 class FileSource(Model):
     path: str
-    fields: dict[str, PathT]
+    fields: dict[str, JSONPathField]
     format: Literal["auto", "json", "yaml"] = "auto"
 
 

@@ -16,12 +16,7 @@ from pydantic import Field, PlainSerializer, PlainValidator
 from stackwatch.config import TargetConfig
 from stackwatch.exposition import sanitize_label_value
 from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import (
-    Assertion,
-    JSONPathExpr,
-    compile_assertion,
-    compile_path,
-)
+from stackwatch.jsonquery import Assertion, JSONPathField, compile_assertion
 from stackwatch.probes.base import (
     Family,
     ProbeContext,
@@ -49,11 +44,6 @@ AssertionT = Annotated[
     PlainValidator(lambda v: v if isinstance(v, Assertion) else compile_assertion(v)),
     PlainSerializer(lambda a: a.text, return_type=str),
 ]
-JSONPathT = Annotated[
-    JSONPathExpr,
-    PlainValidator(lambda v: v if isinstance(v, JSONPathExpr) else compile_path(v)),
-    PlainSerializer(lambda p: p.text, return_type=str),
-]
 
 MAX_INFO_VALUES = 64
 
@@ -66,7 +56,7 @@ class HTTPTarget(TargetConfig, HTTPRequest):
     fail_if_body_not_matches_regexp: list[Regexp] = Field(default_factory=list)
     assertions: list[AssertionT] = Field(default_factory=list)
     """Conditions on the JSON body, e.g. "$.status == healthy", "len($.features) > 0"."""
-    info: dict[str, JSONPathT] = Field(default_factory=dict)
+    info: dict[str, JSONPathField] = Field(default_factory=dict)
     """Info metric fields: key -> JSON path; a list value gives one series per element."""
 
 

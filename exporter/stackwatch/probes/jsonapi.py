@@ -27,7 +27,7 @@ from pydantic import (
 from stackwatch.config import LabelName, Model, TargetConfig
 from stackwatch.exposition import sanitize_label_value
 from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import JSONPathExpr, compile_path
+from stackwatch.jsonquery import JSONPathExpr, JSONPathField, compile_path
 from stackwatch.probes.base import (
     DynamicFamily,
     Family,
@@ -46,11 +46,6 @@ KEY = "$key"
 _ITERATES = re.compile(r"\[\*\]|\.\*|\.\.|\[\?|\[[^\]]*[:,][^\]]*\]")
 
 
-def _path(v: Any) -> JSONPathExpr:
-    return v if isinstance(v, JSONPathExpr) else compile_path(v)
-
-
-PathT = Annotated[JSONPathExpr, PlainValidator(_path), PlainSerializer(lambda p: p.text, return_type=str)]
 
 
 def _label_path(v: Any) -> str | JSONPathExpr:
@@ -70,9 +65,9 @@ class JSONMetric(Model):
     """Metric name; exported as stackwatch_<namespace>_<name>."""
     help: str = ""
     type: Literal["gauge", "counter"] = "gauge"
-    path: PathT
+    path: JSONPathField
     """Selects the value, or the elements to iterate over (one series each)."""
-    value: PathT | None = None
+    value: JSONPathField | None = None
     """Path to the value inside each element (default: the element itself)."""
     labels: dict[LabelName, LabelPathT] = Field(default_factory=dict)
     """Label name -> path inside each element, or $key for the element's map key / index."""
