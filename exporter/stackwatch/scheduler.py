@@ -11,6 +11,8 @@
 * A target's next run is put in the heap only when its run ends: no overlap.  A slot that
   passed during a run starts late; slots missed by a whole interval are skipped, not queued.
 * One probe never delays another target: each run is its own task, and the deadline holds.
+  This relies on probes never blocking the event loop: blocking clients (SQLAlchemy drivers,
+  py-algorand-sdk) run in thread pools with their own deadlines (sqldb.py, probes/algorand.py).
 """
 
 from __future__ import annotations
