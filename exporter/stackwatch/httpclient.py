@@ -140,6 +140,12 @@ class HTTPRequest(Model):
     def status_ok(self, code: int) -> bool:
         return code in self.valid_status_codes if self.valid_status_codes else 200 <= code < 300
 
+    def check_status(self, code: int) -> None:
+        """Raise ProbeFailure(http_status) naming the accepted codes when ``code`` is not one."""
+        if not self.status_ok(code):
+            expected = ", ".join(map(str, self.valid_status_codes)) or "2xx"
+            raise ProbeFailure(Reason.HTTP_STATUS, f"HTTP status {code}; expected {expected}")
+
 
 # --------------------------------------------------------------------------- clients
 

@@ -191,6 +191,20 @@ def watchdog(conn_holder: list[Connection], deadline: float) -> Iterator[None]:
         timer.cancel()
 
 
+@contextmanager
+def exclusive(handle: Handle, deadline: float, what: str) -> Iterator[list[Connection]]:
+    """Single flight on a target's engine plus the deadline watchdog.  Yields the list the
+    caller puts its connection in, so the watchdog can interrupt it."""
+    if not handle.busy.acquire(blocking=False):
+        raise ProbeFailure(Reason.TIMEOUT, f"the previous {what} is still running")
+    holder: list[Connection] = []
+    try:
+        with watchdog(holder, deadline - 0.05):
+            yield holder
+    finally:
+        handle.busy.release()
+
+
 def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mariadb: bool) -> None:
     """Server-side cancellation of anything this session runs past ``seconds``."""
     ms = max(1, int(seconds * 1000))
@@ -254,27 +268,21 @@ def fail(error: BaseException, timed_out: bool = False) -> ProbeFailure:
 def query_one_row(handle: Handle, sql: str, deadline: float) -> dict[str, Any]:
     """Run ``sql`` on a target's engine within ``deadline`` (time.monotonic()); return its first
     row as a column -> value mapping.  Raises ProbeFailure with a classified reason."""
-    if not handle.busy.acquire(blocking=False):
-        raise ProbeFailure(Reason.TIMEOUT, "the previous query on this database is still running")
-    holder: list[Connection] = []
-    try:
-        with watchdog(holder, deadline - 0.05):
+    with exclusive(handle, deadline, "query on this database") as holder:
+        try:
+            conn = handle.engine.connect()
+        except Exception as e:
+            raise fail(e) from None
+        holder.append(conn)
+        with conn:
             try:
-                conn = handle.engine.connect()
+                with conn.begin():
+                    is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+                    set_statement_timeout(conn, handle.parsed.dialect, max(0.05, deadline - time.monotonic()),
+                                          is_mariadb)
+                    row = conn.execute(text(sql)).mappings().first()
             except Exception as e:
-                raise fail(e) from None
-            holder.append(conn)
-            with conn:
-                try:
-                    with conn.begin():
-                        is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-                        set_statement_timeout(conn, handle.parsed.dialect, max(0.05, deadline - time.monotonic()),
-                                              is_mariadb)
-                        row = conn.execute(text(sql)).mappings().first()
-                except Exception as e:
-                    raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
-                if row is None:
-                    raise ProbeFailure(Reason.QUERY_ERROR, "the query returned no row")
-                return dict(row)
-    finally:
-        handle.busy.release()
+                raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
+            if row is None:
+                raise ProbeFailure(Reason.QUERY_ERROR, "the query returned no row")
+            return dict(row)

@@ -91,9 +91,10 @@ async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
     if p.tls_version:
         ctx.sample(TLSVER, 1, version=p.tls_version)
 
-    if not t.status_ok(resp.status):
-        expected = ", ".join(map(str, t.valid_status_codes)) or "2xx"
-        return ctx.failure(Reason.HTTP_STATUS, f"HTTP status {resp.status}; expected {expected}")
+    try:
+        t.check_status(resp.status)
+    except ProbeFailure as exc:
+        return ctx.failure(exc.reason, exc.message)
 
     text = resp.body.decode("utf-8", "replace") if (t.fail_if_body_matches_regexp or t.fail_if_body_not_matches_regexp) else ""
     for rx in t.fail_if_body_matches_regexp:

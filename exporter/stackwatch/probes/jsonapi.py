@@ -180,11 +180,9 @@ def extract(t: JSONTarget, doc: Any, ctx: ProbeContext) -> tuple[list[tuple[Fami
 async def probe_json(t: JSONTarget, ctx: ProbeContext) -> ProbeResult:
     try:
         resp = await fetch(t, ctx)
+        t.check_status(resp.status)
     except ProbeFailure as exc:
         return ctx.failure(exc.reason, exc.message)
-    if not t.status_ok(resp.status):
-        expected = ", ".join(map(str, t.valid_status_codes)) or "2xx"
-        return ctx.failure(Reason.HTTP_STATUS, f"HTTP status {resp.status}; expected {expected}")
     try:
         doc = json.loads(resp.body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -326,70 +326,64 @@ def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Re
     """Runs in the SQL thread pool.  Returns (samples, failure reason or None, message)."""
     parsed = t._parsed
     h = sqldb.handle_for(f"sql:{t.name}", (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
-    if not h.busy.acquire(blocking=False):
-        raise ProbeFailure(Reason.TIMEOUT, "the previous probe of this database is still running")
     out: list[tuple[Family, dict[str, str], float]] = []
-    holder: list[Connection] = []
-    try:
-        with sqldb.watchdog(holder, deadline - 0.05):
-            started = time.perf_counter()
+    with sqldb.exclusive(h, deadline, "probe of this database") as holder:
+        started = time.perf_counter()
+        try:
+            conn = h.engine.connect()
+        except Exception as exc:
+            out.append((UP, {}, 0))
+            reason, message = sqldb.classify(exc)
+            log.append(f"connect failed: {reason.value}: {message}")
+            return out, reason, message
+        holder.append(conn)
+        with conn:
+            connect_time = time.perf_counter() - started
+            log.append(f"connected to {sqldb.safe_url(parsed.url)} in {connect_time * 1000:.1f}ms")
+            dialect = parsed.dialect
+            is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
             try:
-                conn = h.engine.connect()
-            except Exception as exc:
-                out.append((UP, {}, 0))
-                reason, message = sqldb.classify(exc)
-                log.append(f"connect failed: {reason.value}: {message}")
-                return out, reason, message
-            holder.append(conn)
-            with conn:
-                connect_time = time.perf_counter() - started
-                log.append(f"connected to {sqldb.safe_url(parsed.url)} in {connect_time * 1000:.1f}ms")
-                dialect = parsed.dialect
-                is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-                try:
+                with conn.begin():
+                    sqldb.set_statement_timeout(conn, dialect, max(0.05, deadline - time.monotonic()), is_mariadb)
+                    t0 = time.perf_counter()
+                    conn.exec_driver_sql("SELECT 1").scalar()
+                    ping = time.perf_counter() - t0
+                out += [(UP, {}, 1), (CONNECT, {}, connect_time), (PING, {}, ping)]
+                version = ".".join(str(p) for p in (conn.dialect.server_version_info or ())) or "unknown"
+                name = "mariadb" if is_mariadb else dialect
+                out.append((INFO, {"dialect": name, "driver": parsed.driver, "version": version}, 1))
+                problems: list[str] = []
+                reason: Reason | None = None
+                if t.saturation:
                     with conn.begin():
-                        sqldb.set_statement_timeout(conn, dialect, max(0.05, deadline - time.monotonic()), is_mariadb)
-                        t0 = time.perf_counter()
-                        conn.exec_driver_sql("SELECT 1").scalar()
-                        ping = time.perf_counter() - t0
-                    out += [(UP, {}, 1), (CONNECT, {}, connect_time), (PING, {}, ping)]
-                    version = ".".join(str(p) for p in (conn.dialect.server_version_info or ())) or "unknown"
-                    name = "mariadb" if is_mariadb else dialect
-                    out.append((INFO, {"dialect": name, "driver": parsed.driver, "version": version}, 1))
-                    problems: list[str] = []
-                    reason: Reason | None = None
-                    if t.saturation:
-                        with conn.begin():
-                            _saturation(conn, dialect, out)
-                    if t.schema_expectations and t.schema_expectations.tables:
-                        with conn.begin():
-                            _check_schema(conn, t, out, problems)
-                        if problems:
-                            reason = Reason.SCHEMA
-                    if t.migrations:
-                        before = len(problems)
-                        with conn.begin():
-                            _check_migrations(conn, t, out, problems)
-                        if len(problems) > before and reason is None:
-                            reason = Reason.MIGRATION
+                        _saturation(conn, dialect, out)
+                if t.schema_expectations and t.schema_expectations.tables:
+                    with conn.begin():
+                        _check_schema(conn, t, out, problems)
+                    if problems:
+                        reason = Reason.SCHEMA
+                if t.migrations:
                     before = len(problems)
-                    for q in t.queries:
-                        _run_query(conn, t, q, out, problems, dialect, is_mariadb, deadline - 0.05)
+                    with conn.begin():
+                        _check_migrations(conn, t, out, problems)
                     if len(problems) > before and reason is None:
-                        reason = Reason.QUERY_ERROR
-                except ProbeFailure:
-                    raise
-                except Exception as exc:
-                    timed_out = time.monotonic() >= deadline - 0.06
-                    reason, message = sqldb.classify(exc, timed_out)
-                    if not any(f is UP for f, _, _ in out):
-                        out.append((UP, {}, 0))
-                    return out, reason, message
-                for p in problems:
-                    log.append(p)
-                return out, reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
-    finally:
-        h.busy.release()
+                        reason = Reason.MIGRATION
+                before = len(problems)
+                for q in t.queries:
+                    _run_query(conn, t, q, out, problems, dialect, is_mariadb, deadline - 0.05)
+                if len(problems) > before and reason is None:
+                    reason = Reason.QUERY_ERROR
+            except ProbeFailure:
+                raise
+            except Exception as exc:
+                timed_out = time.monotonic() >= deadline - 0.06
+                reason, message = sqldb.classify(exc, timed_out)
+                if not any(f is UP for f, _, _ in out):
+                    out.append((UP, {}, 0))
+                return out, reason, message
+            for p in problems:
+                log.append(p)
+            return out, reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
 
 
 async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
