@@ -1,8 +1,8 @@
-"""The fake algod/indexer of stackwatch.fakealgod, run in a background loop for the tests."""
+"""The fake algod/indexer of stackwatch.demo.fakealgod, run in a background loop for the tests."""
 
 from __future__ import annotations
 
-from stackwatch.fakealgod import (  # noqa: F401  (re-exported for the tests)
+from stackwatch.demo.fakealgod import (  # noqa: F401  (re-exported for the tests)
     ADMIN,
     CREATE_TXID,
     MAINNET_HASH,
@@ -11,7 +11,7 @@ from stackwatch.fakealgod import (  # noqa: F401  (re-exported for the tests)
     healthy_state,
     seed_000_state,
 )
-from stackwatch.fakealgod import FakeAlgorand as _Fake
+from stackwatch.demo.fakealgod import FakeAlgorand as _Fake
 from targets import LoopThread, free_port
 
 

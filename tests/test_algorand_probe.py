@@ -21,9 +21,10 @@ from fake_algod import (
     seed_000_state,
 )
 from jsonschema import Draft4Validator
-from stackwatch.config import ConfigError, parse_config
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
+from probing import run_probe
+from stackwatch.collector import render_result
+from stackwatch.config import ConfigError
+from stackwatch.kinds import parse_config
 
 TOKEN = "canary-algod-token-" + "a" * 45
 SPECS = Path(__file__).resolve().parent / "data" / "algorand-specs"  # verbatim copies of the official specs

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from stackwatch.config import ConfigError, load_config, masked_dump, parse_config
+from stackwatch.config import ConfigError, masked_dump
 from stackwatch.durations import format_duration, parse_duration
+from stackwatch.kinds import load_config, parse_config
 
 DATA = Path(__file__).parent / "data"
 INVALID = sorted(DATA.glob("invalid-*.yml"))

@@ -8,10 +8,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from stackwatch.config import ConfigError, parse_config
-from stackwatch.httpclient import close_clients
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
+from probing import close_clients, run_probe
+from stackwatch.collector import render_result
+from stackwatch.config import ConfigError
+from stackwatch.kinds import parse_config
 from targets import AI_GO_CACHED
 
 FIELDS = "[total, active, operational, degraded, outage]"
@@ -45,6 +45,7 @@ def ai_go_target(servers, tmp: Path, extra_sources: str = "", tolerance: str = "
     timeout: 3s
     fields: {FIELDS}
     tolerance: {tolerance}
+    invariants: ["active <= total", "operational + degraded + outage <= active", "0 <= total <= 200"]
     sources:
       - name: database
         priority: 1
@@ -62,11 +63,15 @@ def ai_go_target(servers, tmp: Path, extra_sources: str = "", tolerance: str = "
     return parse_config(text).targets[0]
 
 
+@pytest.fixture(autouse=True)
+async def close_kind_state():
+    """The kind's state (clients, engines, value history) lives for one test, as for one exporter run."""
+    yield
+    await close_clients()
+
+
 async def probe(t):
-    try:
-        r = await run_probe(t)
-    finally:
-        await close_clients()
+    r = await run_probe(t)
     return r, "".join(render_result(t, r).values())
 
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from stackwatch.config import parse_config
+from stackwatch.kinds import parse_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 BLOCKS = [b for b in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S) if "kind:" in b and "\n- name:" in "\n" + b]

@@ -85,6 +85,7 @@ targets:
     kind: consistency
     fields: [total, active]
     tolerance: {{absolute: 10}}
+    invariants: [active <= total]
     sources:
       - {{name: database, priority: 1, sql: {{url: "sqlite:///{models_db}", query: "{MODELS_SQL}"}}}}
       - {{name: api, priority: 2, http: {{url: "{servers.url('/ai-go/realtime-stats')}",

@@ -6,10 +6,9 @@ import asyncio
 import time
 
 import pytest
-from stackwatch.config import parse_config
-from stackwatch.httpclient import close_clients
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
+from probing import close_clients, run_probe
+from stackwatch.collector import render_result
+from stackwatch.kinds import parse_config
 
 
 def target(servers, **fields):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from stackwatch.config import ConfigError, parse_config
-from stackwatch.httpclient import close_clients
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
+from probing import close_clients, run_probe
+from stackwatch.collector import render_result
+from stackwatch.config import ConfigError
+from stackwatch.kinds import parse_config
 
 ENERGY = """
     namespace: energy

@@ -8,7 +8,7 @@ import ssl
 
 import httpx
 import pytest
-from stackwatch.rawtransport import RawHTTPTransport
+from stackwatch.probes.rawtransport import RawHTTPTransport
 
 
 class CannedServer:

@@ -11,11 +11,13 @@ import time
 from typing import Literal
 
 import pytest
-from stackwatch.config import TargetConfig, parse_config
-from stackwatch.probes import registry
+from stackwatch.collector import Collector
+from stackwatch.config import TargetConfig
+from stackwatch.kinds import builtin_kinds
+from stackwatch.kinds import parse_config as parse_builtin
 from stackwatch.probes.base import ProbeContext, ProbeKind
-from stackwatch.scheduler import Scheduler, run_probe, spread
-from stackwatch.store import Store
+from stackwatch.runner import Probers
+from stackwatch.scheduler import Scheduler, spread
 
 
 class FakeTarget(TargetConfig):
@@ -49,21 +51,30 @@ async def _sleepy(t: FakeTarget, ctx: ProbeContext):
     return ctx.success()
 
 
+KINDS = {**builtin_kinds(), **{name: ProbeKind(name, FakeTarget, fn) for name, fn in
+                                (("raises", _raises), ("hangs", _hangs), ("garbage", _garbage), ("sleepy", _sleepy))}}
+
+
 @pytest.fixture(autouse=True)
-def fake_kinds():
-    reg = registry()
-    added = {name: ProbeKind(name, FakeTarget, fn) for name, fn in
-             (("raises", _raises), ("hangs", _hangs), ("garbage", _garbage), ("sleepy", _sleepy))}
-    reg.update(added)
+def reset_counters():
     running.clear()
     max_running.clear()
-    yield
-    for name in added:
-        reg.pop(name, None)
 
 
 def config(targets: str, concurrency: int = 64):
-    return parse_config(f"scheduler: {{max_concurrent_probes: {concurrency}}}\ntargets:\n{targets}")
+    return parse_builtin(f"scheduler: {{max_concurrent_probes: {concurrency}}}\ntargets:\n{targets}", kinds=KINDS)
+
+
+async def run_probe(target):
+    return await Probers(KINDS).run(target)
+
+
+def new_store():
+    return Collector().store
+
+
+def new_scheduler(on_result, settings):
+    return Scheduler(Probers(KINDS), on_result, settings)
 
 
 @pytest.mark.parametrize("kind,reason,message", [
@@ -84,9 +95,9 @@ async def test_bad_targets_do_not_stop_or_delay_good_ones():
   - {name: garbage, kind: garbage, interval: 200ms}
   - {name: good, kind: sleepy, interval: 200ms, sleep: 0.001}
 """)
-    store = Store()
+    store = new_store()
     store.set_targets(cfg)
-    sched = Scheduler(store.record, cfg.scheduler)
+    sched = new_scheduler(store.record, cfg.scheduler)
     sched.apply(cfg)
     await asyncio.sleep(1.3)
     await sched.stop()
@@ -103,9 +114,9 @@ async def test_bad_targets_do_not_stop_or_delay_good_ones():
 
 async def test_no_overlapping_runs_of_one_target():
     cfg = config("  - {name: slow, kind: sleepy, interval: 100ms, timeout: 100ms, sleep: 0.09}\n")
-    store = Store()
+    store = new_store()
     store.set_targets(cfg)
-    sched = Scheduler(store.record, cfg.scheduler)
+    sched = new_scheduler(store.record, cfg.scheduler)
     sched.apply(cfg)
     await asyncio.sleep(0.8)
     await sched.stop()
@@ -116,9 +127,9 @@ async def test_no_overlapping_runs_of_one_target():
 async def test_global_concurrency_bound_is_respected():
     targets = "".join(f"  - {{name: t{i}, kind: sleepy, interval: 1s, timeout: 1s, sleep: 0.2}}\n" for i in range(20))
     cfg = config(targets, concurrency=3)
-    store = Store()
+    store = new_store()
     store.set_targets(cfg)
-    sched = Scheduler(store.record, cfg.scheduler)
+    sched = new_scheduler(store.record, cfg.scheduler)
     peak = 0
 
     async def watch():
@@ -152,7 +163,7 @@ async def test_timeout_is_measured_from_slot_not_from_queue():
     cfg = config("""  - {name: a, kind: sleepy, interval: 2s, timeout: 300ms, sleep: 0.25}
   - {name: b, kind: sleepy, interval: 2s, timeout: 300ms, sleep: 0.25}
 """, concurrency=1)
-    sched = Scheduler(lambda n, r: None, cfg.scheduler)
+    sched = new_scheduler(lambda n, r: None, cfg.scheduler)
     a, b = cfg.targets
     started = time.monotonic()
     ra, rb = await asyncio.gather(sched.run_once(a, planned=asyncio.get_running_loop().time()),

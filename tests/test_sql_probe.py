@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from stackwatch.config import parse_config
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
+from probing import run_probe
+from stackwatch.collector import render_result
+from stackwatch.kinds import parse_config
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MARIA = "mysql+pymysql://root@127.0.0.1:3306/test"

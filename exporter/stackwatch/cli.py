@@ -7,7 +7,8 @@ import asyncio
 import sys
 
 from stackwatch import __version__
-from stackwatch.config import ConfigError, load_config
+from stackwatch.config import ConfigError
+from stackwatch.kinds import load_config
 
 DEFAULT_LISTEN = ":9938"
 

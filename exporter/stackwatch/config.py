@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +38,7 @@ from pydantic import (
 )
 
 from stackwatch.durations import format_duration, parse_duration, parse_size
-from stackwatch.redact import redact_url
+from stackwatch.redact import collect_secrets, is_secret_name, mask_tree, redact_url
 
 # --------------------------------------------------------------------------- types
 
@@ -72,10 +73,6 @@ def _label_name(value: Any) -> str:
 
 
 LabelName = Annotated[str, BeforeValidator(_label_name)]
-
-SECRET_KEY = re.compile(r"(?i)(authorization|cookie|token|secret|password|passwd|api[-_]?key|credentials)")
-"""Mapping keys (e.g. header names) whose values are treated as secrets."""
-
 
 class EnvStr(str):
     """A string whose value came (at least partly) from a ${ENV_VAR} reference."""
@@ -117,8 +114,8 @@ class Model(BaseModel):
     def __repr_args__(self) -> Any:
         # Header values such as X-Api-Key are plain strings; keep them out of reprs too.
         for name, value in super().__repr_args__():
-            if isinstance(value, dict) and any(SECRET_KEY.search(str(k)) for k in value):
-                value = {k: "<secret>" if SECRET_KEY.search(str(k)) else v for k, v in value.items()}
+            if isinstance(value, dict) and any(is_secret_name(k) for k in value):
+                value = {k: "<secret>" if is_secret_name(k) else v for k, v in value.items()}
             elif isinstance(value, str):
                 value = redact_url(value)  # a URL that came whole from ${ENV} may hold a password
             yield name, value
@@ -172,27 +169,7 @@ class TargetConfig(Model):
         """Every secret value this target holds, for scrubbing log lines and errors (computed once)."""
         if self._secrets is not None:
             return self._secrets
-        out: list[str] = []
-
-        def walk(obj: Any) -> None:
-            if isinstance(obj, SecretStr):
-                v = obj.get_secret_value()
-                if v:
-                    out.append(v)
-            elif isinstance(obj, BaseModel):
-                for name in type(obj).model_fields:
-                    walk(getattr(obj, name))
-            elif isinstance(obj, dict):
-                for k, v in obj.items():
-                    if isinstance(v, str) and SECRET_KEY.search(str(k)):
-                        out.append(v)  # e.g. an X-Api-Key header
-                    else:
-                        walk(v)
-            elif isinstance(obj, list | tuple):
-                for v in obj:
-                    walk(v)
-
-        walk(self)
+        out = collect_secrets(self)
         out.extend(self.extra_secrets())
         self._secrets = out
         return out
@@ -269,11 +246,8 @@ def format_path(path: tuple[Any, ...]) -> str:
     return out
 
 
-_SECRETISH = re.compile(r"(password|token|secret|credentials|dsn)", re.IGNORECASE)
-
-
 def _show(value: Any, path: tuple[Any, ...] = ()) -> str:
-    if path and isinstance(path[-1], str) and _SECRETISH.search(path[-1]):
+    if path and isinstance(path[-1], str) and is_secret_name(path[-1]):
         return "<redacted>"
     if isinstance(value, str):
         return f'"{redact_url(value)}"'
@@ -433,19 +407,22 @@ def _expand(value: Any, path: tuple[Any, ...], env: dict[str, str], loc: _Locato
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+KindModels = Mapping[str, type["TargetConfig"]]
+"""Config model of each probe kind, by kind name (see :mod:`stackwatch.kinds`)."""
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None, *, kinds: KindModels) -> Config:
     """Load and validate a config file; raise ConfigError listing every problem."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [Problem("", None, None, f"cannot read the file: {exc.strerror}")]) from None
-    return parse_config(text, str(path), env)
+    return parse_config(text, str(path), env, kinds=kinds)
 
 
-def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
-    from stackwatch.probes import registry
-
+def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None, *,
+                 kinds: KindModels) -> Config:
     env = dict(os.environ) if env is None else env
     problems: list[Problem] = []
     loc = _Locator()
@@ -479,7 +456,6 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
         collect(exc, (), _TopLevel)
         raise ConfigError(source, sorted(problems, key=_order)) from None
 
-    kinds = registry()
     targets: list[TargetConfig] = []
     first_seen: dict[str, int] = {}
     for i, raw in enumerate(top.targets):
@@ -488,14 +464,14 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
         if kind_name is None:
             add(here + ("kind",), f"required key is missing; expected one of: {', '.join(sorted(kinds))}")
             continue
-        kind = kinds.get(kind_name) if isinstance(kind_name, str) else None
-        if kind is None:
+        model = kinds.get(kind_name) if isinstance(kind_name, str) else None
+        if model is None:
             add(here + ("kind",), f"unknown kind {_show(kind_name)}; expected one of: {', '.join(sorted(kinds))}")
             continue
         try:
-            target = kind.config_model.model_validate(raw)
+            target = model.model_validate(raw)
         except ValidationError as exc:
-            collect(exc, here, kind.config_model)
+            collect(exc, here, model)
             continue
         if target.name in first_seen:
             j = first_seen[target.name]
@@ -550,21 +526,9 @@ def _resolve(target: TargetConfig, defaults: Defaults) -> TargetConfig | str:
 def masked_dump(target: TargetConfig) -> str:
     """The resolved target config as YAML with every secret and URL password masked."""
 
-    def clean(obj: Any) -> Any:
-        if isinstance(obj, SecretStr):
-            return "<secret>" if obj.get_secret_value() else ""
-        if isinstance(obj, dict):
-            return {k: "<secret>" if isinstance(v, str) and SECRET_KEY.search(str(k)) else clean(v)
-                    for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [clean(v) for v in obj]
-        if isinstance(obj, str):
-            return redact_url(obj)
-        return obj
-
     data = target.model_dump(mode="python", exclude_none=True)
     first = ("name", "kind", "interval", "timeout", "labels")
-    data = {k: clean(data[k]) for k in (*[f for f in first if f in data], *[f for f in data if f not in first])}
+    data = {k: mask_tree(data[k]) for k in (*[f for f in first if f in data], *[f for f in data if f not in first])}
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 

@@ -1,31 +1,17 @@
-"""Prometheus text (0.0.4) and OpenMetrics 1.0 rendering, by hand.
+"""Prometheus text (0.0.4) and OpenMetrics 1.0 primitives, by hand, for per-target series.
 
 prometheus_client's generate_latest costs 4-8 us per sample; rendering our own lines once per
-probe result and joining them per scrape costs ~0.2 us per sample (research/perf-baseline.md).
+probe result and joining them per scrape costs ~0.2 us per sample (measured, see bench/).
 The output is checked by ``promtool check metrics`` in the tests.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Iterable
-from typing import Any
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-MAX_LABEL_VALUE = 256
-_NON_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
-
-
-def sanitize_label_value(value: Any) -> str:
-    """Any JSON value as a printable label value of bounded length."""
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-    text = _NON_PRINTABLE.sub("?", text)
-    return text if len(text) <= MAX_LABEL_VALUE else text[: MAX_LABEL_VALUE - 3] + "..."
 
 
 def escape_label(value: str) -> str:

@@ -12,7 +12,7 @@
   passed during a run starts late; slots missed by a whole interval are skipped, not queued.
 * One probe never delays another target: each run is its own task, and the deadline holds.
   This relies on probes never blocking the event loop: blocking clients (SQLAlchemy drivers,
-  py-algorand-sdk) run in thread pools with their own deadlines (sqldb.py, probes/algorand.py).
+  py-algorand-sdk) run in thread pools with their own deadlines (probes/sqldb.py, probes/algorand.py).
 """
 
 from __future__ import annotations
@@ -20,45 +20,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 import zlib
 from collections.abc import Callable
 
 from stackwatch.config import Config, SchedulerSettings, TargetConfig
-from stackwatch.probes import registry
-from stackwatch.probes.base import ProbeContext, ProbeFailure, ProbeResult, Reason
-from stackwatch.redact import scrub
+from stackwatch.probes.base import ProbeResult
+from stackwatch.runner import Probers
 
 log = logging.getLogger("stackwatch.scheduler")
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-async def run_probe(target: TargetConfig, verbose: bool = True) -> ProbeResult:
-    """Run one probe of a target under its hard deadline; always returns a ProbeResult.
-
-    ``verbose`` keeps the probe's debug log (for /probe?debug=true and tests)."""
-    kind = registry()[target.kind]
-    timeout = float(target.timeout or 5.0)
-    ctx = ProbeContext(target, timeout, verbose)
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            result = await kind.probe(target, ctx)
-        if not isinstance(result, ProbeResult):
-            result = ctx.failure(Reason.INTERNAL, f"probe returned {type(result).__name__}, not a ProbeResult")
-    except TimeoutError:
-        result = ctx.failure(Reason.TIMEOUT, f"no result within the timeout of {timeout:g}s")
-    except ProbeFailure as exc:
-        result = ctx.failure(exc.reason, exc.message)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # a broken probe must not reach the scheduler
-        log.debug("probe %s raised", target.name, exc_info=True)
-        result = ctx.failure(Reason.INTERNAL, f"probe raised {type(exc).__name__}: {scrub(str(exc), target.secrets())}")
-    result.duration = time.perf_counter() - started
-    result.finished_at = time.time()
-    return result
 
 
 def spread(name: str, interval: float) -> float:
@@ -80,7 +51,9 @@ class _Entry:
 
 
 class Scheduler:
-    def __init__(self, on_result: Callable[[str, ProbeResult], None], settings: SchedulerSettings):
+    def __init__(self, probers: Probers, on_result: Callable[[str, ProbeResult], None],
+                 settings: SchedulerSettings):
+        self.probers = probers
         self._on_result = on_result
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, _Entry]] = []
@@ -181,7 +154,7 @@ class Scheduler:
         self._push(next_at, entry)
 
     def _kind_gate(self, kind: str) -> asyncio.Semaphore | None:
-        limit = registry()[kind].max_concurrent
+        limit = self.probers.kinds[kind].max_concurrent
         if limit is None:
             return None
         gate = self._per_kind.get(kind)
@@ -201,7 +174,7 @@ class Scheduler:
                     self._observe_lag(max(0.0, loop.time() - planned))
                 self.in_flight += 1
                 try:
-                    return await run_probe(target, verbose=False)
+                    return await self.probers.run(target, verbose=False)
                 finally:
                     self.in_flight -= 1
             finally:

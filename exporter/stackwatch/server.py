@@ -12,18 +12,11 @@ from aiohttp import web
 
 from stackwatch import __version__
 from stackwatch.app import Exporter
+from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
-from stackwatch.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE, header
-from stackwatch.probes.base import FAMILIES
-from stackwatch.scheduler import run_probe
-from stackwatch.store import render_result
 
 log = logging.getLogger("stackwatch.server")
 EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
-
-
-def _wants_openmetrics(request: web.Request) -> bool:
-    return "application/openmetrics-text" in request.headers.get("Accept", "")
 
 
 def _wants_gzip(request: web.Request) -> bool:
@@ -32,11 +25,10 @@ def _wants_gzip(request: web.Request) -> bool:
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     ex = request.app[EXPORTER]
-    om = _wants_openmetrics(request)
+    fmt = negotiate(request.headers.get("Accept", ""))
     gz = _wants_gzip(request)
-    parts = await ex.store.render(om, ex.self_metrics, gz)
-    resp = web.StreamResponse(headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if om else TEXT_CONTENT_TYPE,
-                                       "Vary": "Accept-Encoding, Accept"})
+    parts = await ex.collector.render(fmt, ex.self_metrics, gz)
+    resp = web.StreamResponse(headers={"Content-Type": fmt.content_type, "Vary": "Accept-Encoding, Accept"})
     if gz:
         resp.headers["Content-Encoding"] = "gzip"
     resp.content_length = sum(len(p) for p in parts)
@@ -57,24 +49,18 @@ async def probe(request: web.Request) -> web.Response:
     if target is None:
         known = ", ".join(t.name for t in ex.config.targets[:20])
         return web.Response(status=404, text=f'unknown target "{html.escape(name)}"; configured: {known}\n')
-    result = await run_probe(target)
-    chunks = render_result(target, result)
-    om = _wants_openmetrics(request)
-    parts = []
-    for fam_name, text in chunks.items():
-        fam = FAMILIES.get(fam_name) or next(f for f, _, _ in result.samples if f.name == fam_name)
-        parts.append(header(fam.name, fam.type, fam.help, om) + text)
-    body = "".join(parts)
+    result = await ex.probers.run(target)
+    fmt = negotiate(request.headers.get("Accept", ""))
     if request.query.get("debug", "").lower() in ("1", "true", "yes"):
+        body = probe_body(target, result, False)
         outcome = "succeeded" if result.success else f"failed: {result.reason.value if result.reason else ''}: {result.message}"
         text = (f"Logs for the probe (target {name}):\n" + "\n".join(result.log)
                 + f"\nProbe {outcome} in {result.duration:.4f}s\n\n"
                 + "Metrics that would have been returned:\n" + body
                 + "\nTarget configuration (secrets masked):\n" + masked_dump(target))
         return web.Response(text=text, content_type="text/plain")
-    if om:
-        return web.Response(body=(body + "# EOF\n").encode(), headers={"Content-Type": OPENMETRICS_CONTENT_TYPE})
-    return web.Response(body=body.encode(), headers={"Content-Type": TEXT_CONTENT_TYPE})
+    return web.Response(body=probe_body(target, result, fmt.openmetrics).encode(),
+                        headers={"Content-Type": fmt.content_type})
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -1,8 +1,8 @@
 """kind: algorand -- an algod node (and optionally an indexer): sync, network, accounts, assets, transactions.
 
-Seed 000: PAM-TALK's token (ASA 746418487 on TestNet) returned empty info because its creation
-transaction never confirmed, and its admin account held 0 ALGO, so nothing could pay a fee.
-THRESHOLDS.md B1-B4.
+Typical failures it turns into metrics: a token whose creation transaction never confirmed (the
+asset does not exist), an admin account holding 0 ALGO so nothing can pay a fee, a node on the
+wrong network or catching up.  THRESHOLDS.md B1-B4.
 
 py-algorand-sdk's clients are blocking (urllib): calls run in a small thread pool, each with the
 probe's remaining budget as its socket timeout, under the scheduler's deadline.  SDK defects
@@ -13,7 +13,6 @@ a trailing slash in the address would give ``//v2`` paths.  Amounts are microAlg
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -29,17 +28,19 @@ from algosdk.v2client.indexer import IndexerClient
 from pydantic import Field, field_validator, model_validator
 
 from stackwatch.config import Duration, Model, Secret, TargetConfig, secret_from
-from stackwatch.exposition import sanitize_label_value
 from stackwatch.probes.base import (
     Family,
+    KindState,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
     ProbeResult,
     Reason,
+    run_blocking,
+    sanitize_label_value,
 )
 
-EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stackwatch-algorand")
+POOL_WORKERS = 8
 
 NETWORKS = {
     "mainnet-v1.0": "wGHE2Pwdvd7S12BL5FaOP20EGYesN73ktiC1qzkkit8=",
@@ -174,7 +175,22 @@ IDX_ROUND = Family(P + "indexer_round", "gauge", "Last round the indexer has imp
 IDX_LAG = Family(P + "indexer_lag_rounds", "gauge", "Rounds the indexer is behind algod.")
 
 TX_STATES = ("confirmed", "pending", "rejected", "unknown")
-_pending_since: dict[tuple[str, str], float] = {}
+
+
+class AlgorandState(KindState):
+    """The kind's thread pool and when each watched transaction was first seen pending."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="stackwatch-algorand")
+        self.pending_since: dict[tuple[str, str], float] = {}
+
+    def reload(self, targets: list[Any]) -> None:
+        alive = {(t.name, tx.alias) for t in targets for tx in t.transactions}
+        for key in [k for k in self.pending_since if k not in alive]:
+            del self.pending_since[key]
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------ calls
@@ -231,7 +247,7 @@ def _ready_status(url: str, timeout: float) -> int:
         return exc.code
 
 
-def _probe_sync(t: AlgorandTarget, deadline: float, log: list[str],
+def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, log: list[str],
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the Algorand thread pool.  Appends samples to ``out`` as it goes, so a failure
     half-way keeps what was learnt; returns (failure reason or None, message) or raises ProbeFailure."""
@@ -373,10 +389,10 @@ def _probe_sync(t: AlgorandTarget, deadline: float, log: list[str],
         if confirmed_round:
             out.append((TX_ROUND, lab, confirmed_round))
         if state == "pending":
-            first = _pending_since.setdefault(key, time.time())
+            first = kind_state.pending_since.setdefault(key, time.time())
             out.append((TX_PENDING, lab, time.time() - first))
         else:
-            _pending_since.pop(key, None)
+            kind_state.pending_since.pop(key, None)
         log.append(f"transaction {tx.alias}: {state}")
 
     # -- indexer
@@ -403,27 +419,10 @@ def _probe_sync(t: AlgorandTarget, deadline: float, log: list[str],
 
 
 async def probe_algorand(t: AlgorandTarget, ctx: ProbeContext) -> ProbeResult:
-    log: list[str] = []
-    samples: list[tuple[Family, dict[str, str], float]] = []
-    try:
-        reason, message = await asyncio.get_running_loop().run_in_executor(
-            EXECUTOR, lambda: _probe_sync(t, ctx.deadline, log, samples))
-    except ProbeFailure as exc:
-        reason, message = exc.reason, exc.message
-    for line in log:
-        ctx.log(line)
-    for fam, labels, value in list(samples):
-        ctx.sample(fam, value, **labels)
-    if reason is not None:
-        return ctx.failure(reason, message)
-    return ctx.success()
+    state: AlgorandState = ctx.state
+    return await run_blocking(ctx, state.executor,
+                              lambda deadline, log, out: _probe_sync(t, state, deadline, log, out))
 
 
-def _on_reload(targets: list[Any]) -> None:
-    alive = {(t.name, tx.alias) for t in targets for tx in t.transactions}
-    for key in [k for k in _pending_since if k not in alive]:
-        del _pending_since[key]
-
-
-KIND = ProbeKind(name="algorand", config_model=AlgorandTarget, probe=probe_algorand, max_concurrent=8,
-                 on_reload=_on_reload)
+KIND = ProbeKind(name="algorand", config_model=AlgorandTarget, probe=probe_algorand, max_concurrent=POOL_WORKERS,
+                 state=AlgorandState)

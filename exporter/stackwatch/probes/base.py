@@ -4,7 +4,12 @@ A probe kind is one module in this package that defines::
 
     KIND = ProbeKind(name="http", config_model=HTTPTarget, probe=probe_http)
 
-where ``probe_http(target, ctx) -> ProbeResult`` is a coroutine.  The scheduler
+where ``probe_http(target, ctx) -> ProbeResult`` is a coroutine.  The kinds stackwatch runs
+are listed in :mod:`stackwatch.kinds`.  A kind that keeps anything between probes (clients,
+engines, thread pools, history) declares ``state=SomeState``: the exporter creates one
+:class:`KindState` per kind, hands it to every probe as ``ctx.state``, tells it about every
+(re)load and closes it at shutdown.  Nothing is kept in module globals.
+  The scheduler
 gives it a :class:`ProbeContext` holding the deadline; the probe records samples
 and log lines on the context and returns ``ctx.success()`` or
 ``ctx.failure(reason, message)``.  It may also raise :class:`ProbeFailure`.
@@ -14,9 +19,12 @@ not a ProbeResult becomes a failed result; it never reaches the scheduler.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -134,13 +142,37 @@ class ProbeFailure(Exception):
         self.message = message
 
 
+MAX_LABEL_VALUE = 256
+_NON_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
+
+
+def sanitize_label_value(value: Any) -> str:
+    """Any JSON value as a printable label value of bounded length."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    text = _NON_PRINTABLE.sub("?", text)
+    return text if len(text) <= MAX_LABEL_VALUE else text[: MAX_LABEL_VALUE - 3] + "..."
+
+
+class KindState:
+    """What one probe kind keeps between probes, owned by the exporter (one per kind)."""
+
+    def reload(self, targets: list[Any]) -> None:
+        """Called with the kind's targets after every (re)load: release what removed targets held."""
+
+    async def close(self) -> None:
+        """Called once at shutdown: close clients, dispose engines, stop pools."""
+
+
 class ProbeContext:
-    """What a probe gets besides its config: the deadline and somewhere to put results."""
+    """What a probe gets besides its config: the deadline, its kind's state, and somewhere to
+    put results."""
 
-    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "_secrets", "_start")
+    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "state", "_secrets", "_start")
 
-    def __init__(self, target: TargetConfig, timeout: float, verbose: bool = True):
+    def __init__(self, target: TargetConfig, timeout: float, verbose: bool = True, state: Any = None):
         self.target = target
+        self.state = state
+        """The kind's :class:`KindState` (None for kinds without one)."""
         self.verbose = verbose
         """Keep the debug log.  Scheduled probes do not: nothing reads it, and building and
         scrubbing its lines is a measurable share of a probe's CPU."""
@@ -176,6 +208,32 @@ class ProbeContext:
         return ProbeResult(False, reason, message, samples=self.samples, log=self.log_lines)
 
 
+BlockingProbe = Callable[[float, list[str], list[tuple[Family, dict[str, str], float]]],
+                         tuple["Reason | None", str]]
+"""``fn(deadline, log, samples) -> (failure reason or None, message)``, run in a thread."""
+
+
+async def run_blocking(ctx: ProbeContext, executor: Executor, fn: BlockingProbe) -> ProbeResult:
+    """Run a blocking probe body in ``executor`` and replay its log lines and samples into
+    ``ctx``.  The body appends as it goes, so a failure half-way keeps what was learnt; it may
+    also raise :class:`ProbeFailure`."""
+    log: list[str] = []
+    samples: list[tuple[Family, dict[str, str], float]] = []
+    try:
+        reason, message = await asyncio.get_running_loop().run_in_executor(
+            executor, lambda: fn(ctx.deadline, log, samples))
+    except ProbeFailure as exc:
+        reason, message = exc.reason, exc.message
+    finally:
+        for line in list(log):
+            ctx.log(line)
+        for fam, labels, value in list(samples):
+            ctx.sample(fam, value, **labels)
+    if reason is not None:
+        return ctx.failure(reason, message)
+    return ctx.success()
+
+
 ProbeFn = Callable[[Any, ProbeContext], Awaitable[ProbeResult]]
 
 
@@ -186,5 +244,5 @@ class ProbeKind:
     probe: ProbeFn
     max_concurrent: int | None = None
     """Optional per-kind bound on probes in flight, below the global one (e.g. SQL)."""
-    on_reload: Callable[[list[Any]], None] | None = None
-    """Called with the kind's targets after every (re)load, to release resources of removed ones."""
+    state: Callable[[], KindState] | None = None
+    """Creates the kind's state (see :class:`KindState`); None if the kind keeps nothing."""

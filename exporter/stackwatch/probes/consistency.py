@@ -1,8 +1,8 @@
 """kind: consistency -- the same quantities read from several sources at one instant, compared.
 
-Seed 002: AI-GO's page showed "Active Models (51/63) : 127" locally and "(128/74) : 128"
-deployed, while its API said 63 total / 51 active; the database, a Redis-cached API and a
-GitHub fallback with a hard-coded 139 disagreed and nobody could tell which one a page showed.
+The failure it is for: a dashboard shows "51 of 63 active, 127 total" because its database, a
+cached API and a fallback file with a hard-coded number disagree, and nobody can tell which
+one a page shows.
 
 A target names a set of fields (total, active, ...) and several sources: an HTTP JSON API (the
 options of kind: http, plus a JSON path per field), a SQL query (its columns are the fields;
@@ -33,19 +33,19 @@ from pydantic import (
     model_validator,
 )
 
-from stackwatch import sqldb
 from stackwatch.config import Model, Secret, TargetConfig, secret_from
-from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import JSONPathExpr, JSONPathField
+from stackwatch.probes import sqldb
 from stackwatch.probes.base import (
     Family,
+    KindState,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
     ProbeResult,
     Reason,
 )
-from stackwatch.probes.jsonapi import to_number
+from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
+from stackwatch.probes.jsonquery import JSONPathExpr, JSONPathField, to_number
 
 # ------------------------------------------------------------------ invariants
 
@@ -109,8 +109,6 @@ class Invariant:
 InvariantT = Annotated[Invariant, PlainValidator(lambda v: v if isinstance(v, Invariant) else Invariant(v)),
                        PlainSerializer(lambda i: i.text, return_type=str)]
 
-MODEL_COUNT_INVARIANTS = ("active <= total", "operational + degraded + outage <= active", "0 <= total <= 200")
-"""Defaults for the model-count shape (seed 002 §5.2 validateStats), used when those fields exist."""
 
 
 # ------------------------------------------------------------------ config
@@ -178,8 +176,8 @@ class ConsistencyTarget(TargetConfig):
     kind: Literal["consistency"]
     fields: list[str] = Field(min_length=1)
     sources: list[Source] = Field(min_length=2)
-    invariants: list[InvariantT] | None = None
-    """Default: the model-count invariants whose fields exist (active <= total, ...)."""
+    invariants: list[InvariantT] = Field(default_factory=list, max_length=256)
+    """Rules each source's values must satisfy, e.g. ``active <= total``.  None by default."""
     tolerance: Tolerance = Field(default_factory=Tolerance)
     """Sources agree on a field when max - min is within absolute and/or relative (both if both set).
     Neither set: they must be equal."""
@@ -198,13 +196,9 @@ class ConsistencyTarget(TargetConfig):
         for f in self.field_tolerance:
             if f not in fields:
                 raise ValueError(f'field_tolerance names {f}, which is not in fields')
-        if self.invariants is None:
-            defaults = [Invariant(t) for t in MODEL_COUNT_INVARIANTS]
-            object.__setattr__(self, "invariants", [i for i in defaults if i.names <= fields])
-        else:
-            for inv in self.invariants:
-                if inv.names - fields:
-                    raise ValueError(f'invariant "{inv.text}" uses {sorted(inv.names - fields)[0]}, which is not a field')
+        for inv in self.invariants:
+            if inv.names - fields:
+                raise ValueError(f'invariant "{inv.text}" uses {sorted(inv.names - fields)[0]}, which is not a field')
         return self
 
     def extra_secrets(self) -> list[str]:
@@ -230,8 +224,28 @@ AGREE = Family("stackwatch_consistency_agreement", "gauge", "1 if the sources ag
 CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "gauge",
                  "When the source's value of the field last changed (first seen, if never), for stuck sources (M5).")
 
-# (target, source, field) -> (last value, unix time it last changed)
-_history: dict[tuple[str, str, str], tuple[float, float]] = {}
+
+
+class ConsistencyState(KindState):
+    """The kind's HTTP clients, SQL engines and thread pool, and each value's last change."""
+
+    def __init__(self) -> None:
+        self.http = HTTPClients()
+        self.engines = sqldb.Engines()
+        self.executor = sqldb.new_executor("consistency")
+        self.history: dict[tuple[str, str, str], tuple[float, float]] = {}
+        """(target, source, field) -> (last value, unix time it last changed)"""
+
+    def reload(self, targets: list[Any]) -> None:
+        alive = {(t.name, s.name, f) for t in targets for s in t.sources for f in t.fields}
+        for key in [k for k in self.history if k not in alive]:
+            del self.history[key]
+        self.engines.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.engines.close()
+        await self.http.close()
 
 
 # ------------------------------------------------------------------ reading sources
@@ -262,10 +276,11 @@ def _extract(doc: Any, fields: dict[str, JSONPathExpr]) -> dict[str, float]:
     return out
 
 
-async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext) -> tuple[dict[str, float], str | None]:
+async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
+                state: ConsistencyState) -> tuple[dict[str, float], str | None]:
     """(values, name of the served source if this source says so)."""
     if s.http is not None:
-        resp = await fetch(s.http, ctx)
+        resp = await fetch(s.http, ctx, state.http)
         if not s.http.status_ok(resp.status):
             raise ProbeFailure(Reason.HTTP_STATUS, f"HTTP status {resp.status}")
         try:
@@ -279,9 +294,10 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext) -> tuple[dic
         return _extract(doc, s.http.fields), served
     if s.sql is not None:
         spec = s.sql
-        handle = sqldb.handle_for(f"consistency:{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
-                                  float(t.timeout or 5))
-        row = await sqldb.run_in_pool(lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline))
+        handle = state.engines.handle_for(f"{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
+                                          float(t.timeout or 5))
+        row = await asyncio.get_running_loop().run_in_executor(
+            state.executor, lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline))
         values: dict[str, float] = {}
         for field in t.fields:
             if field in row and row[field] is not None:
@@ -306,10 +322,13 @@ def _agrees(spread: float, largest: float, tol: Tolerance) -> bool:
 
 
 async def probe_consistency(t: ConsistencyTarget, ctx: ProbeContext) -> ProbeResult:
+    state: ConsistencyState = ctx.state
+    history = state.history
+
     async def one(s: Source) -> tuple[Source, dict[str, float] | None, str | None, ProbeFailure | None, float]:
         started = time.perf_counter()
         try:
-            values, served = await _read(t, s, ctx)
+            values, served = await _read(t, s, ctx, state)
             return s, values, served, None, time.perf_counter() - started
         except ProbeFailure as exc:
             return s, None, None, exc, time.perf_counter() - started
@@ -337,16 +356,16 @@ async def probe_consistency(t: ConsistencyTarget, ctx: ProbeContext) -> ProbeRes
         for field, v in values.items():
             ctx.sample(VALUE, v, source=s.name, field=field)
             key = (t.name, s.name, field)
-            last = _history.get(key)
+            last = history.get(key)
             if last is None or last[0] != v:
-                _history[key] = (v, now)
-            ctx.sample(CHANGED, _history[key][1], source=s.name, field=field)
+                history[key] = (v, now)
+            ctx.sample(CHANGED, history[key][1], source=s.name, field=field)
     for s in t.sources:
         ctx.sample(SRC_SERVED, 1 if s.name in served_names else 0, source=s.name)
 
     violations = []
     for name, values in read.items():
-        for inv in t.invariants or []:
+        for inv in t.invariants:
             holds = inv.holds(values)
             if holds is None:
                 continue
@@ -385,11 +404,5 @@ async def probe_consistency(t: ConsistencyTarget, ctx: ProbeContext) -> ProbeRes
     return ctx.success()
 
 
-def _on_reload(targets: list[Any]) -> None:
-    alive = {(t.name, s.name, f) for t in targets for s in t.sources for f in t.fields}
-    for key in [k for k in _history if k not in alive]:
-        del _history[key]
-    sqldb.forget_except("consistency:", {f"consistency:{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
-
-
-KIND = ProbeKind(name="consistency", config_model=ConsistencyTarget, probe=probe_consistency, on_reload=_on_reload)
+KIND = ProbeKind(name="consistency", config_model=ConsistencyTarget, probe=probe_consistency,
+                 state=ConsistencyState)

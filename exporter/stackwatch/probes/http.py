@@ -14,9 +14,6 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, PlainValidator
 
 from stackwatch.config import TargetConfig
-from stackwatch.exposition import sanitize_label_value
-from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import Assertion, JSONPathField, compile_assertion
 from stackwatch.probes.base import (
     Family,
     ProbeContext,
@@ -24,7 +21,10 @@ from stackwatch.probes.base import (
     ProbeKind,
     ProbeResult,
     Reason,
+    sanitize_label_value,
 )
+from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
+from stackwatch.probes.jsonquery import Assertion, JSONPathField, compile_assertion
 
 
 def _regexp(v: Any) -> re.Pattern[str]:
@@ -75,7 +75,7 @@ INFO = Family("stackwatch_http_body_info", "gauge", "Fields of the JSON body cho
 
 async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
     try:
-        resp = await fetch(t, ctx)
+        resp = await fetch(t, ctx, ctx.state)
     except ProbeFailure as exc:
         ctx.sample(STATUS, 0)
         return ctx.failure(exc.reason, exc.message)
@@ -134,4 +134,4 @@ async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
     return ctx.success()
 
 
-KIND = ProbeKind(name="http", config_model=HTTPTarget, probe=probe_http)
+KIND = ProbeKind(name="http", config_model=HTTPTarget, probe=probe_http, state=HTTPClients)

@@ -25,9 +25,6 @@ from pydantic import (
 )
 
 from stackwatch.config import LabelName, Model, TargetConfig
-from stackwatch.exposition import sanitize_label_value
-from stackwatch.httpclient import HTTPRequest, fetch
-from stackwatch.jsonquery import JSONPathExpr, JSONPathField, compile_path
 from stackwatch.probes.base import (
     DynamicFamily,
     Family,
@@ -38,6 +35,14 @@ from stackwatch.probes.base import (
     Reason,
     check_metric_name,
     declare_families,
+    sanitize_label_value,
+)
+from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
+from stackwatch.probes.jsonquery import (
+    JSONPathExpr,
+    JSONPathField,
+    compile_path,
+    to_number,
 )
 
 KEY = "$key"
@@ -117,28 +122,6 @@ ERRORS = Family("stackwatch_json_extraction_errors", "gauge",
 SERIES = Family("stackwatch_json_series", "gauge", "Series extracted by the last probe of the target.")
 
 
-def to_number(value: Any, value_map: dict[str, float] | None = None, default: float | None = None) -> float:
-    """A JSON value as a float (booleans 1/0, numeric strings parsed, mapped strings mapped),
-    or ValueError saying what was found."""
-    value_map = value_map or {}
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        if value in value_map:
-            return value_map[value]
-        try:
-            return float(value.strip())
-        except ValueError:
-            if default is not None:
-                return default
-            known = f" (value_map knows {', '.join(value_map)})" if value_map else ""
-            raise ValueError(f'expected a number, got "{sanitize_label_value(value)[:40]}"{known}') from None
-    kind = "null" if value is None else "an object" if isinstance(value, dict) else "an array"
-    raise ValueError(f"expected a number, got {kind}")
-
-
 def extract(t: JSONTarget, doc: Any, ctx: ProbeContext) -> tuple[list[tuple[Family, dict[str, str], float]], list[str]]:
     """Every series of every metric, plus one error line per value that could not be read."""
     out: list[tuple[Family, dict[str, str], float]] = []
@@ -179,7 +162,7 @@ def extract(t: JSONTarget, doc: Any, ctx: ProbeContext) -> tuple[list[tuple[Fami
 
 async def probe_json(t: JSONTarget, ctx: ProbeContext) -> ProbeResult:
     try:
-        resp = await fetch(t, ctx)
+        resp = await fetch(t, ctx, ctx.state)
         t.check_status(resp.status)
     except ProbeFailure as exc:
         return ctx.failure(exc.reason, exc.message)
@@ -210,4 +193,4 @@ async def probe_json(t: JSONTarget, ctx: ProbeContext) -> ProbeResult:
     return ctx.success()
 
 
-KIND = ProbeKind(name="json", config_model=JSONTarget, probe=probe_json)
+KIND = ProbeKind(name="json", config_model=JSONTarget, probe=probe_json, state=HTTPClients)

@@ -1,10 +1,10 @@
 """kind: sql -- a database: reachability, custom queries, schema, migrations, connection saturation.
 
-Seeds: PAM-TALK's ESG backend whose PostgreSQL was never configured (000), the trading
-platform's lost ``strategy_type`` column (004), Alembic migrations of the energy subsystem
-(001), AI-GO on a dev SQLite file (002).  THRESHOLDS.md rows D1-D4.
+Typical failures it turns into metrics: a backend whose database URL was never configured, a
+column a deploy forgot to migrate, an Alembic version table behind its expected head, a
+server close to its connection limit.  THRESHOLDS.md rows D1-D4.
 
-Engines and deadlines: :mod:`stackwatch.sqldb`.
+Engines and deadlines: :mod:`stackwatch.probes.sqldb`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy import Connection, inspect, text
 
-from stackwatch import sqldb
 from stackwatch.config import (
     Duration,
     EnvStr,
@@ -27,10 +26,11 @@ from stackwatch.config import (
     secret_from,
 )
 from stackwatch.durations import format_duration
-from stackwatch.exposition import sanitize_label_value
+from stackwatch.probes import sqldb
 from stackwatch.probes.base import (
     DynamicFamily,
     Family,
+    KindState,
     ProbeContext,
     ProbeFailure,
     ProbeKind,
@@ -38,6 +38,8 @@ from stackwatch.probes.base import (
     Reason,
     check_metric_name,
     declare_families,
+    run_blocking,
+    sanitize_label_value,
 )
 
 
@@ -175,8 +177,25 @@ QUERY_TIME = Family("stackwatch_sql_query_duration_seconds", "gauge", "Duration 
 QUERY_CACHED = Family("stackwatch_sql_query_cached", "gauge",
                       "1 if the custom query's series come from an earlier run (min_interval), 0 if it ran now.")
 
-_query_cache: dict[tuple[str, str], tuple[float, list[tuple[Family, dict[str, str], float]], float]] = {}
-_query_cache_lock = threading.Lock()
+class SQLState(KindState):
+    """The kind's engines, thread pool and custom-query cache."""
+
+    def __init__(self) -> None:
+        self.engines = sqldb.Engines()
+        self.executor = sqldb.new_executor("sql")
+        self.query_cache: dict[tuple[str, str], tuple[float, list[tuple[Family, dict[str, str], float]], float]] = {}
+        self.query_cache_lock = threading.Lock()
+
+    def reload(self, targets: list[Any]) -> None:
+        self.engines.keep_only({t.name for t in targets})
+        names = {(t.name, q.name) for t in targets for q in t.queries}
+        with self.query_cache_lock:
+            for key in [k for k in self.query_cache if k not in names]:
+                del self.query_cache[key]
+
+    async def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.engines.close()
 
 
 def _check_schema(conn: Connection, t: SQLTarget, out: list, problems: list[str]) -> None:
@@ -265,12 +284,12 @@ def _saturation(conn: Connection, dialect: str, out: list) -> None:
 
 
 def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems: list[str],
-               dialect: str, is_mariadb: bool, deadline: float) -> None:
+               dialect: str, is_mariadb: bool, deadline: float, state: SQLState) -> None:
     key = (t.name, q.name)
     now = time.monotonic()
     if q.min_interval:
-        with _query_cache_lock:
-            cached = _query_cache.get(key)
+        with state.query_cache_lock:
+            cached = state.query_cache.get(key)
         if cached is not None and now - cached[0] < q.min_interval:
             out.extend(cached[1])
             out += [(QUERY_OK, {"query": q.name}, 1), (QUERY_TIME, {"query": q.name}, cached[2]),
@@ -316,17 +335,17 @@ def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems:
         return
     took = time.perf_counter() - started
     if q.min_interval:
-        with _query_cache_lock:
-            _query_cache[key] = (now, rows_out, took)
+        with state.query_cache_lock:
+            state.query_cache[key] = (now, rows_out, took)
     out.extend(rows_out)
     out += [(QUERY_OK, {"query": q.name}, 1), (QUERY_TIME, {"query": q.name}, took), (QUERY_CACHED, {"query": q.name}, 0)]
 
 
-def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Reason | None, str]:
-    """Runs in the SQL thread pool.  Returns (samples, failure reason or None, message)."""
+def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
+                out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
+    """Runs in the SQL thread pool: appends samples to ``out``, returns (failure reason or None, message)."""
     parsed = t._parsed
-    h = sqldb.handle_for(f"sql:{t.name}", (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
-    out: list[tuple[Family, dict[str, str], float]] = []
+    h = state.engines.handle_for(t.name, (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
     with sqldb.exclusive(h, deadline, "probe of this database") as holder:
         started = time.perf_counter()
         try:
@@ -335,7 +354,7 @@ def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Re
             out.append((UP, {}, 0))
             reason, message = sqldb.classify(exc)
             log.append(f"connect failed: {reason.value}: {message}")
-            return out, reason, message
+            return reason, message
         holder.append(conn)
         with conn:
             connect_time = time.perf_counter() - started
@@ -370,7 +389,7 @@ def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Re
                         reason = Reason.MIGRATION
                 before = len(problems)
                 for q in t.queries:
-                    _run_query(conn, t, q, out, problems, dialect, is_mariadb, deadline - 0.05)
+                    _run_query(conn, t, q, out, problems, dialect, is_mariadb, deadline - 0.05, state)
                 if len(problems) > before and reason is None:
                     reason = Reason.QUERY_ERROR
             except ProbeFailure:
@@ -380,10 +399,10 @@ def _probe_sync(t: SQLTarget, deadline: float, log: list[str]) -> tuple[list, Re
                 reason, message = sqldb.classify(exc, timed_out)
                 if not any(f is UP for f, _, _ in out):
                     out.append((UP, {}, 0))
-                return out, reason, message
+                return reason, message
             for p in problems:
                 log.append(p)
-            return out, reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            return reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
 
 
 async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
@@ -392,26 +411,9 @@ async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
         ctx.sample(UP, 0)
         return ctx.failure(Reason.NOT_CONFIGURED, f"the database is not configured: {t._parse_error}")
     ctx.sample(CONFIGURED, 1)
-    log: list[str] = []
-    try:
-        samples, reason, message = await sqldb.run_in_pool(lambda: _probe_sync(t, ctx.deadline, log))
-    finally:
-        for line in log:
-            ctx.log(line)
-    for fam, labels, value in samples:
-        ctx.sample(fam, value, **labels)
-    if reason is not None:
-        return ctx.failure(reason, message)
-    return ctx.success()
-
-
-def _on_reload(targets: list[Any]) -> None:
-    sqldb.forget_except("sql:", {f"sql:{t.name}" for t in targets})
-    names = {(t.name, q.name) for t in targets for q in t.queries}
-    with _query_cache_lock:
-        for key in [k for k in _query_cache if k not in names]:
-            del _query_cache[key]
+    state: SQLState = ctx.state
+    return await run_blocking(ctx, state.executor, lambda deadline, log, out: _probe_sync(t, state, deadline, log, out))
 
 
 KIND = ProbeKind(name="sql", config_model=SQLTarget, probe=probe_sql, max_concurrent=sqldb.POOL_WORKERS,
-                 on_reload=_on_reload)
+                 state=SQLState)

@@ -35,7 +35,7 @@ import yaml
 from aiohttp import web
 
 from stackwatch import bundle
-from stackwatch.fakealgod import (
+from stackwatch.demo.fakealgod import (
     ADMIN,
     CREATE_TXID,
     PAM_ASSET,
@@ -46,6 +46,8 @@ from stackwatch.fakealgod import (
 PAM_TALK_HEALTH = {"status": "healthy", "version": "3.0.0-social", "features": ["social", "esg-points", "rewards"]}
 AI_GO_API = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "degradedModels": 1, "outageModels": 1,
              "avgAvailability": 96.9, "dataSource": "cache"}
+MODEL_COUNT_INVARIANTS = ["active <= total", "operational + degraded + outage <= active", "0 <= total <= 200"]
+"""The platform's own rules for its model counts (the product has no default invariants)."""
 DEMO_ALGOD_TOKEN = "demo-algod-token-" + "d" * 47
 
 
@@ -203,7 +205,7 @@ class Platform:
                  "schema": {"tables": [{"name": "strategies",
                                         "columns": ["id", "name", {"name": "strategy_type", "type": "varchar"}]}]}},
                 {"name": "ai-go-models", "kind": "consistency", "fields": list(api_fields),
-                 "tolerance": {"absolute": 10}, "sources": [
+                 "tolerance": {"absolute": 10}, "invariants": MODEL_COUNT_INVARIANTS, "sources": [
                      {"name": "database", "priority": 1,
                       "sql": {"url": f"sqlite:///{d / 'aigo.db'}", "query": models_sql}},
                      {"name": "api", "priority": 2,
@@ -257,7 +259,7 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     import os
 
     from stackwatch.app import Exporter
-    from stackwatch.config import parse_config
+    from stackwatch.kinds import parse_config
     from stackwatch.server import serve
 
     tmp = None

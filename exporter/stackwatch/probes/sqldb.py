@@ -1,8 +1,8 @@
 """SQL plumbing shared by the probes that read databases (kind: sql, and consistency sources).
 
-Synchronous SQLAlchemy engines, one per target, run in one bounded thread pool, because only
-the PostgreSQL async drivers cancel a query for real (aiomysql leaves it running, aiosqlite
-ignores cancellation; research/algorand-sql.md §5.8).  The deadline is enforced in layers:
+Synchronous SQLAlchemy engines, one per target, run in a bounded thread pool owned by the
+kind's state, because only the PostgreSQL async drivers cancel a query for real (aiomysql
+leaves it running, aiosqlite ignores cancellation).  The deadline is enforced in layers:
 
 1. the driver's connect timeout (psycopg ``connect_timeout``; PyMySQL ``connect_timeout`` and
    ``read_timeout``, without which a silent server hangs the handshake forever);
@@ -22,7 +22,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,11 +33,14 @@ from sqlalchemy import create_engine, exc, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from stackwatch.probes.base import ProbeFailure, Reason
+from stackwatch.redact import MASK, is_secret_name
 
 POOL_WORKERS = 16
-EXECUTOR = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="stackwatch-sql")
 
-_SECRET_QUERY_KEYS = re.compile(r"(?i)(password|passwd|pwd|sslpassword|secret|token|key)")
+
+def new_executor(name: str) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix=f"stackwatch-{name}")
+
 
 
 @dataclass(frozen=True)
@@ -88,14 +91,14 @@ def url_secrets(raw: str, unparseable_is_secret: bool = True) -> list[str]:
         return [raw] if raw and unparseable_is_secret else []
     out = [url.password] if url.password else []
     for key, value in url.query.items():
-        if _SECRET_QUERY_KEYS.search(key):
+        if is_secret_name(key):
             out.extend([value] if isinstance(value, str) else list(value))
     return [str(s) for s in out if s]
 
 
 def safe_url(url: URL) -> str:
     """The URL for logs: password masked by SQLAlchemy, secret query parameters masked by us."""
-    masked = url.set(query={k: ("***" if _SECRET_QUERY_KEYS.search(k) else v) for k, v in url.query.items()})
+    masked = url.set(query={k: (MASK if is_secret_name(k) else v) for k, v in url.query.items()})
     return masked.render_as_string(hide_password=True)
 
 
@@ -131,30 +134,34 @@ def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
                          pool_recycle=1800, connect_args=connect_args)
 
 
-_handles: dict[str, tuple[Any, Handle]] = {}
-_handles_lock = threading.Lock()
+class Engines:
+    """The engines of one kind's targets, by key; a changed target config gets a new engine."""
 
+    def __init__(self) -> None:
+        self._handles: dict[str, tuple[Any, Handle]] = {}
+        self._lock = threading.Lock()
 
-def handle_for(key: str, identity: Any, parsed: ParsedURL, timeout: float) -> Handle:
-    """The engine of a target; a changed target config gets a new engine, the old one is disposed."""
-    with _handles_lock:
-        current = _handles.get(key)
-        if current is not None and current[0] == identity:
-            return current[1]
-        h = Handle(parsed, timeout)
-        _handles[key] = (identity, h)
-    if current is not None:
-        current[1].dispose()
-    return h
+    def handle_for(self, key: str, identity: Any, parsed: ParsedURL, timeout: float) -> Handle:
+        with self._lock:
+            current = self._handles.get(key)
+            if current is not None and current[0] == identity:
+                return current[1]
+            h = Handle(parsed, timeout)
+            self._handles[key] = (identity, h)
+        if current is not None:
+            current[1].dispose()
+        return h
 
+    def keep_only(self, keys: set[str]) -> None:
+        """Dispose engines whose key is not in ``keys`` (called on reload)."""
+        with self._lock:
+            gone = [k for k in self._handles if k not in keys]
+            dropped = [self._handles.pop(k)[1] for k in gone]
+        for h in dropped:
+            h.dispose()
 
-def forget_except(prefix: str, keys: set[str]) -> None:
-    """Dispose engines under ``prefix`` whose key is not in ``keys`` (called on reload)."""
-    with _handles_lock:
-        gone = [k for k in _handles if k.startswith(prefix) and k not in keys]
-        dropped = [_handles.pop(k)[1] for k in gone]
-    for h in dropped:
-        h.dispose()
+    def close(self) -> None:
+        self.keep_only(set())
 
 
 # ------------------------------------------------------------------ deadlines
@@ -215,12 +222,6 @@ def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mar
             conn.exec_driver_sql(f"SET SESSION max_statement_time = {ms / 1000:.3f}")
         else:
             conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
-
-
-def run_in_pool(fn: Callable[[], Any]) -> Any:
-    import asyncio
-
-    return asyncio.get_running_loop().run_in_executor(EXECUTOR, fn)
 
 
 # ------------------------------------------------------------------ errors

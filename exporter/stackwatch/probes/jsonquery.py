@@ -24,6 +24,8 @@ from jsonpath_ng import JSONPath
 from jsonpath_ng.ext import parse as _parse_ext
 from pydantic import PlainSerializer, PlainValidator
 
+from stackwatch.probes.base import sanitize_label_value
+
 MISSING = object()
 
 
@@ -209,3 +211,25 @@ JSONPathField = Annotated[
     PlainSerializer(lambda p: p.text, return_type=str),
 ]
 """A config field holding a JSON path, compiled at load (a bad path is a config error)."""
+
+
+def to_number(value: Any, value_map: dict[str, float] | None = None, default: float | None = None) -> float:
+    """A JSON value as a float (booleans 1/0, numeric strings parsed, mapped strings mapped),
+    or ValueError saying what was found."""
+    value_map = value_map or {}
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        if value in value_map:
+            return value_map[value]
+        try:
+            return float(value.strip())
+        except ValueError:
+            if default is not None:
+                return default
+            known = f" (value_map knows {', '.join(value_map)})" if value_map else ""
+            raise ValueError(f'expected a number, got "{sanitize_label_value(value)[:40]}"{known}') from None
+    kind = "null" if value is None else "an object" if isinstance(value, dict) else "an array"
+    raise ValueError(f"expected a number, got {kind}")

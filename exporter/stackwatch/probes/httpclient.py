@@ -1,13 +1,13 @@
 """HTTP request options and the shared httpx client, used by every probe that speaks HTTP.
 
-Why the client is set up this way (measured, see bench/RESULTS.md and research/perf-baseline.md):
+Why the client is set up this way (measured, see bench/RESULTS.md):
 
-* One shared ``AsyncClient`` per TLS setting and event loop: building an SSL context per
-  probe costs ~19 CPU-ms.
+* One shared ``AsyncClient`` per TLS setting, held by the kind's :class:`HTTPClients` state:
+  building an SSL context per probe costs ~19 CPU-ms.
 * Fresh connection per probe by default (``max_keepalive_connections=0``), as
   blackbox_exporter does, so a dead listener or a failing handshake is seen, and
   ``Connection: close`` so TIME_WAIT lands on the target.
-* Fresh connections go through :class:`~stackwatch.rawtransport.RawHTTPTransport`, a lean
+* Fresh connections go through :class:`~stackwatch.probes.rawtransport.RawHTTPTransport`, a lean
   HTTP/1.1 transport under httpx's API: httpcore's pool bookkeeping is O(pool^2) per request
   and its anyio/h11 layers cost most of a CPU-ms per probe (bench/RESULTS.md).
 * Opt-in keep-alive uses httpx's own pooled transport, small (16), behind a semaphore of the
@@ -30,8 +30,8 @@ from cryptography import x509
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from stackwatch.config import ByteSize, Model, Secret, secret_from
-from stackwatch.probes.base import ProbeContext, ProbeFailure, Reason
-from stackwatch.rawtransport import RawHTTPTransport
+from stackwatch.probes.base import KindState, ProbeContext, ProbeFailure, Reason
+from stackwatch.probes.rawtransport import RawHTTPTransport
 from stackwatch.redact import redact_url
 
 KEEPALIVE_POOL = 16
@@ -51,7 +51,7 @@ class TLSConfig(Model):
     def _loadable(self) -> TLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file must be set together")
-        ssl_context(self)  # fails the config load, not the first probe, on unreadable files
+        make_ssl_context(self)  # fails the config load, not the first probe, on unreadable files
         return self
 
     def key(self) -> tuple[Any, ...]:
@@ -149,14 +149,7 @@ class HTTPRequest(Model):
 
 # --------------------------------------------------------------------------- clients
 
-_ssl_cache: dict[tuple[Any, ...], ssl.SSLContext] = {}
-
-
-def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    key = tls.key()
-    ctx = _ssl_cache.get(key)
-    if ctx is not None:
-        return ctx
+def make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     try:
         ctx = ssl.create_default_context(cafile=tls.ca_file)
         if tls.cert_file:
@@ -169,7 +162,6 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_NONE
     if tls.min_version:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLS13" else ssl.TLSVersion.TLSv1_2
-    _ssl_cache[key] = ctx
     return ctx
 
 
@@ -199,29 +191,39 @@ class _Client:
     gate: asyncio.Semaphore | None
 
 
-_clients: dict[tuple[Any, ...], _Client] = {}
+class HTTPClients(KindState):
+    """The HTTP clients and TLS contexts of one kind, shared by its targets with the same TLS
+    settings and keep-alive choice.  Owned by the exporter; closed at shutdown."""
 
+    def __init__(self) -> None:
+        self._ssl: dict[tuple[Any, ...], ssl.SSLContext] = {}
+        self._clients: dict[tuple[Any, ...], _Client] = {}
 
-def client_for(req: HTTPRequest) -> _Client:
-    loop = asyncio.get_running_loop()
-    key = (id(loop), req.tls_config.key(), req.keep_alive)
-    c = _clients.get(key)
-    if c is None or c.client.is_closed:
-        ctx = ssl_context(req.tls_config)
-        if req.keep_alive:
-            limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
-            client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False)
-        else:
-            client = ProbeClient(transport=RawHTTPTransport(ctx), trust_env=False)
-        c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
-        _clients[key] = c
-    return c
+    def ssl_context(self, tls: TLSConfig) -> ssl.SSLContext:
+        key = tls.key()
+        ctx = self._ssl.get(key)
+        if ctx is None:
+            ctx = self._ssl[key] = make_ssl_context(tls)
+        return ctx
 
+    def client_for(self, req: HTTPRequest) -> _Client:
+        key = (req.tls_config.key(), req.keep_alive)
+        c = self._clients.get(key)
+        if c is None or c.client.is_closed:
+            ctx = self.ssl_context(req.tls_config)
+            if req.keep_alive:
+                limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
+                client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False)
+            else:
+                client = ProbeClient(transport=RawHTTPTransport(ctx), trust_env=False)
+            c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
+            self._clients[key] = c
+        return c
 
-async def close_clients() -> None:
-    loop = asyncio.get_running_loop()
-    for key in [k for k in _clients if k[0] == id(loop)]:
-        await _clients.pop(key).client.aclose()
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            await c.client.aclose()
 
 
 # --------------------------------------------------------------------------- fetching
@@ -301,13 +303,13 @@ def _classify(exc: BaseException) -> tuple[Reason, str]:
     return Reason.CONNECTION, f"{type(exc).__name__}: {exc or 'connection closed'}"
 
 
-async def fetch(req: HTTPRequest, ctx: ProbeContext) -> Response:
+async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
     """Send the request within the context's deadline; raise ProbeFailure with a reason on any failure.
 
     Checks the status code and the body size limit.  The body is read in chunks and the
     read stops as soon as the limit is passed, so a huge body never grows memory.
     """
-    c = client_for(req)
+    c = clients.client_for(req)
     phases = Phases()
     headers = dict(req.headers)
     if not req.keep_alive:
