@@ -32,7 +32,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
 exec .venv/bin/python -m pytest "$@"

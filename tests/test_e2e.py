@@ -217,6 +217,11 @@ def test_promtool_check_metrics_passes_on_real_output(stack):
     body = http_get(sw.base + "/metrics", headers={"Accept": "text/plain"})[2]
     proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    # The exporter's own process, Python and GC series (prometheus_client's collectors).
+    for series in (b"\nprocess_cpu_seconds_total ", b"\nprocess_resident_memory_bytes ", b"\npython_info{",
+                   b"\npython_gc_objects_collected_total{", b"\nstackwatch_config_reload_failures_total ",
+                   b'\nstackwatch_scheduler_lag_seconds_bucket{le="+Inf"} '):
+        assert series in body, series
     # promtool only parses the text format; Prometheus itself asks for OpenMetrics first,
     # so a clean scrape proves the OpenMetrics output parses too.
     targets = prom.api("targets")["activeTargets"]

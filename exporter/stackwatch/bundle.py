@@ -1,30 +1,66 @@
-"""The monitoring bundle beside the exporter (prometheus/, alertmanager/, grafana/ in a source
-checkout), and the renderings `stackwatch demo` and the tests need to run it locally."""
+"""The monitoring bundle beside the exporter (prometheus/, alertmanager/, grafana/), and the
+renderings `stackwatch demo` and the tests need to run it locally.
+
+An installed wheel carries the bundle as package data (stackwatch/_bundle/); a source checkout
+(an editable install included) uses the top-level folders.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGED = Path(__file__).resolve().parent / "_bundle"
+"""Where a wheel puts the bundle."""
+CHECKOUT = Path(__file__).resolve().parents[2]
 """The source checkout (exporter/stackwatch/ is two levels below it)."""
 
 
 def bundle_dir(name: str) -> Path:
-    path = ROOT / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: the bundle ships with the source checkout, not the wheel")
-    return path
+    for base in (PACKAGED, CHECKOUT):
+        path = base / name
+        if path.is_dir() and any(path.iterdir()):
+            return path
+    raise FileNotFoundError(f"the bundle's {name}/ folder is neither in {PACKAGED} nor in {CHECKOUT}")
+
+
+PARTS = ("prometheus", "alertmanager", "grafana", "examples")
+
+
+def export(dest: Path) -> list[Path]:
+    """Copy the bundle (rules and their tests, Alertmanager config and templates, dashboards and
+    provisioning, the example config) into ``dest``; existing files are overwritten."""
+    written = []
+    for part in PARTS:
+        src = bundle_dir(part)
+        for f in sorted(src.rglob("*")):
+            if f.is_file() and f.suffix in (".yml", ".yaml", ".json", ".tmpl"):
+                target = dest / part / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+                written.append(target)
+    return written
+
+
+def write_private(dest: Path, text: str) -> Path:
+    """Write a file that holds secrets: owner-only (0600) from its creation."""
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return dest
 
 
 def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None = None,
                         webhook_url: str | None = None, fast: bool = False, email: bool = True) -> Path:
     """alertmanager/alertmanager.yml, made runnable by Debian's Alertmanager 0.25.
 
-    0.25 has no bot_token_file, so the token goes inline.  ``fast`` scales the route timers
+    0.25 has no bot_token_file, so the token goes inline and the file is written 0600.  ``fast`` scales the route timers
     down (for tests and the demo); ``email=False`` drops the e-mail integration (no SMTP here).
     """
     doc: dict[str, Any] = yaml.safe_load((bundle_dir("alertmanager") / "alertmanager.yml").read_text())
@@ -48,8 +84,7 @@ def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None
             for key, value in (("group_wait", "1s"), ("group_interval", "2s"), ("repeat_interval", "1h")):
                 if key in route or route is doc["route"]:
                     route[key] = value
-    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return dest
+    return write_private(dest, yaml.safe_dump(doc, sort_keys=False))
 
 
 def scaled_alert_rules(dest: Path, divisor: int = 30) -> Path:

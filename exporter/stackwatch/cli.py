@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from stackwatch import __version__
 from stackwatch.config import ConfigError
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="stackwatch",
         description="Prometheus exporter for HTTP services, JSON APIs, SQL databases, Algorand and consistency checks.",
         epilog="Subcommands: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error);\n"
-               "stackwatch demo [--with-prometheus]  (a simulated platform with the seeds' failures, watched).",
+               "stackwatch demo [--with-prometheus]  (a simulated platform with typical failures, watched);\n"
+               "stackwatch bundle DIR  (write the rules, Alertmanager config, dashboards and example config).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
@@ -48,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         from stackwatch.demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv and argv[0] == "bundle":
+        if len(argv) != 2:
+            print("usage: stackwatch bundle DIR", file=sys.stderr)
+            return 2
+        from stackwatch.bundle import export
+
+        files = export(Path(argv[1]))
+        print(f"wrote {len(files)} files of the monitoring bundle to {argv[1]}")
+        return 0
     if argv and argv[0] == "check-config":
         if len(argv) != 2:
             print("usage: stackwatch check-config FILE", file=sys.stderr)

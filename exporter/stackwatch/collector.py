@@ -37,6 +37,7 @@ from stackwatch.exposition import (
     render_labels,
 )
 from stackwatch.probes.base import FAMILIES, Family, ProbeResult
+from stackwatch.scheduler import LAG_BUCKETS
 from stackwatch.store import LATENCY_BUCKETS, Outcome, Store, TargetState
 
 prometheus_client.disable_created_metrics()
@@ -224,8 +225,6 @@ class _LiveCollector:
             "Scheduled probe runs skipped because the previous run of the target ended late.",
             value=sched.skipped if sched else 0)
         yield skipped
-        from stackwatch.scheduler import LAG_BUCKETS
-
         counts_lag = sched.lag_buckets if sched else [0] * (len(LAG_BUCKETS) + 1)
         running, buckets = 0, []
         for bound, n in zip((*[str(b) for b in LAG_BUCKETS], "+Inf"), counts_lag):

@@ -1,0 +1,202 @@
+"""The package's structure, as docs/architecture.md states it: no import cycle, and no module
+importing a room it may not import.  Also: the wheel works outside the source checkout."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import require_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "exporter" / "stackwatch"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every stackwatch module and the stackwatch modules it imports (at any depth of its code)."""
+    graph: dict[str, set[str]] = {}
+    modules = {module_name(p): p for p in PKG.rglob("*.py")}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                found = visit(d)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def test_the_graph_is_read_correctly():
+    # The checks below are only as good as the graph: spot-check edges known to exist.
+    g = import_graph()
+    assert "stackwatch.config" in g["stackwatch.probes.base"]
+    assert "stackwatch.probes.base" in g["stackwatch.probes.sql"]
+    assert "stackwatch.probes.sqldb" in g["stackwatch.probes.sql"]
+    assert "stackwatch.kinds" in g["stackwatch.cli"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle():
+    assert find_cycle(import_graph()) is None
+
+
+# (importer prefix, forbidden import prefixes): the rules of docs/architecture.md.
+BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition")
+ABOVE_PROBES = ("stackwatch.kinds", "stackwatch.runner", "stackwatch.scheduler", "stackwatch.store",
+                "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
+                "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition")
+KIND_MODULES = tuple(f"stackwatch.probes.{k}" for k in ("http", "jsonapi", "sql", "algorand", "consistency"))
+RULES = [
+    (BOTTOM, ("stackwatch.config", "stackwatch.probes", *ABOVE_PROBES)),
+    (("stackwatch.config",), ("stackwatch.probes", *ABOVE_PROBES)),
+    (("stackwatch.probes",), ABOVE_PROBES),
+    (("stackwatch.probes.base",), ("stackwatch.probes.",)),
+    (tuple(f"stackwatch.probes.{h}" for h in ("httpclient", "rawtransport", "sqldb", "jsonquery")), KIND_MODULES),
+    (("stackwatch.runner", "stackwatch.scheduler", "stackwatch.store"),
+     ("stackwatch.kinds", "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
+      "stackwatch.demo", "stackwatch.exposition", *KIND_MODULES)),
+    (("stackwatch.collector",), ("stackwatch.app", "stackwatch.server", "stackwatch.cli", "stackwatch.demo",
+                                 *KIND_MODULES)),
+    (("stackwatch.app", "stackwatch.server"), ("stackwatch.demo", "stackwatch.cli")),
+]
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for importers, forbidden in RULES:
+        for mod, deps in graph.items():
+            if not mod.startswith(importers) or mod in ("stackwatch.probes",) and "stackwatch.probes" not in importers:
+                continue
+            for d in deps:
+                if d.startswith(forbidden) and not (d.startswith("stackwatch.probes.") and mod == d):
+                    out.append(f"{mod} imports {d}")
+    return sorted(set(out))
+
+
+def test_rooms_import_only_what_the_architecture_allows():
+    assert violations(import_graph()) == []
+    # The rules do catch a forbidden edge:
+    assert violations({"stackwatch.config": {"stackwatch.probes.base"}}) == [
+        "stackwatch.config imports stackwatch.probes.base"]
+    assert violations({"stackwatch.probes.sqldb": {"stackwatch.probes.sql"}}) == [
+        "stackwatch.probes.sqldb imports stackwatch.probes.sql"]
+
+
+def test_no_module_level_mutable_state_in_probes():
+    """Kinds keep their state in a KindState owned by the exporter, not in module globals."""
+    found = []
+    for path in (PKG / "probes").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign | ast.AnnAssign):
+                value = node.value
+                empty = (isinstance(value, ast.Dict) and not value.keys) or (
+                    isinstance(value, ast.List | ast.Set) and not value.elts)  # filled at run time
+                made = isinstance(value, ast.Call) and getattr(value.func, "id", getattr(value.func, "attr", "")) in (
+                    "ThreadPoolExecutor", "Lock", "RLock", "dict", "list", "set", "defaultdict", "OrderedDict")
+                names = [t.id for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                         if isinstance(t, ast.Name)]
+                if names == ["FAMILIES"] and path.name == "base.py":
+                    continue  # filled once at import by the Family declarations in code: a table, not state
+                if empty or made:
+                    found.append(f"{path.name}:{node.lineno}")
+    assert found == []
+
+
+def test_wheel_works_outside_the_checkout(tmp_path):
+    """Build the wheel, install it (without the checkout on the path) and use the bundle from it."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next(dist.glob("stackwatch-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+
+    def sw(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stackwatch", *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    where = subprocess.run([sys.executable, "-c", "import stackwatch, stackwatch.bundle as b; "
+                            "print(stackwatch.__file__); print(b.bundle_dir('prometheus'))"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    lines = where.stdout.split()
+    assert lines and all(line.startswith(str(site)) for line in lines), where.stdout + where.stderr
+    out = sw("bundle", "bundle")
+    assert out.returncode == 0, out.stderr
+    checked = sw("check-config", "bundle/examples/stackwatch.yml")
+    assert checked.returncode == 0 and "OK," in checked.stdout, checked.stdout + checked.stderr
+    rules = sorted(str(p) for p in (work / "bundle" / "prometheus" / "rules").glob("*.yml"))
+    assert len(rules) == 2
+    promtool = subprocess.run([require_binary("promtool"), "check", "rules", *rules], capture_output=True, text=True,
+                              timeout=60)
+    assert promtool.returncode == 0, promtool.stdout + promtool.stderr
+    dashboards = list((work / "bundle" / "grafana" / "dashboards").glob("*.json"))
+    assert len(dashboards) >= 6
+
+
+def test_content_negotiation_follows_q_values_and_escaping():
+    from stackwatch.collector import negotiate
+
+    # What Prometheus 3 sends by default (scrape_protocols order), and the 2.x default.
+    prom3 = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+             "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+             "text/plain;version=0.0.4;q=0.3,*/*;q=0.2")
+    assert negotiate(prom3).content_type == (
+        "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8")
+    assert negotiate("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5"
+                     ).content_type == "text/plain; version=0.0.4; charset=utf-8"
+    assert negotiate("").openmetrics is False
+    assert negotiate("application/json").openmetrics is False
+    assert negotiate("application/openmetrics-text;q=0,text/plain").openmetrics is False
+    assert negotiate("application/openmetrics-text;version=9.9.9").openmetrics is False
+    assert negotiate("application/openmetrics-text;escaping=underscores").escaping == "underscores"
+    assert negotiate("application/openmetrics-text;escaping=bogus").escaping is None
