@@ -15,3 +15,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
     s = TargetServers(tmp_path_factory.mktemp("tls"))
     yield s
     s.close()
+
+
+@pytest.fixture(autouse=True)
+async def close_probe_state():
+    """Each test's kinds and their state (clients, engines, pools) end with the test, as they
+    end with an exporter run: nothing leaks into the next test."""
+    yield
+    import probing
+
+    await probing.close_clients()

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from probing import close_clients, run_probe
+from probing import run_probe
 from stackwatch.collector import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
@@ -61,13 +61,6 @@ def ai_go_target(servers, tmp: Path, extra_sources: str = "", tolerance: str = "
         file: {{path: "{fallback}", fields: {{total: $.totalModels, active: $.activeModels}}}}
 {extra_sources}"""
     return parse_config(text).targets[0]
-
-
-@pytest.fixture(autouse=True)
-async def close_kind_state():
-    """The kind's state (clients, engines, value history) lives for one test, as for one exporter run."""
-    yield
-    await close_clients()
 
 
 async def probe(t):

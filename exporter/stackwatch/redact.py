@@ -23,6 +23,14 @@ from urllib.parse import quote, quote_plus
 from pydantic import BaseModel, SecretStr
 
 MASK = "***"
+
+
+class EnvStr(str):
+    """A string whose value came (at least partly) from a ${ENV_VAR} reference.
+
+    Secret fields accept only these (an inline literal is refused), and error messages never
+    echo them: a secret referenced from the wrong field must not be printed."""
+
 SECRET_PLACEHOLDER = "<secret>"
 
 SECRET_NAME = re.compile(

@@ -57,19 +57,34 @@ _CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE:
 class Invariant:
     """``a + b <= c``, ``0 <= total <= 200``: arithmetic over field names, compared (chains allowed)."""
 
+    MAX_TEXT = 500
+    MAX_NODES = 200
+
     def __init__(self, text: str, fields: set[str] | None = None):
+        if not isinstance(text, str):
+            raise ValueError("expected an invariant like \"active <= total\"")
+        if len(text) > self.MAX_TEXT:
+            raise ValueError(f"an invariant may be at most {self.MAX_TEXT} characters (this one has {len(text)})")
         self.text = " ".join(text.split())
         try:
             tree = ast.parse(self.text, mode="eval").body
-        except SyntaxError:
+        except (SyntaxError, RecursionError, MemoryError):
             raise ValueError(f'cannot read invariant "{self.text}"; expected e.g. "active <= total"') from None
         if not isinstance(tree, ast.Compare):
             raise ValueError(f'invariant "{self.text}" must compare, e.g. "active <= total"')
+        if sum(1 for _ in ast.walk(tree)) > self.MAX_NODES:
+            raise ValueError(f'invariant "{self.text[:60]}..." has more than {self.MAX_NODES} terms')
         self.tree = tree
         self.names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         self._check(tree)
         if fields is not None and self.names - fields:
             raise ValueError(f'invariant "{self.text}" uses {sorted(self.names - fields)[0]}, which is not a field')
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Invariant) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
 
     def _check(self, node: ast.AST) -> None:
         allowed = (ast.Compare, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, ast.USub,

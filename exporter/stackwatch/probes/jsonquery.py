@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from jsonpath_ng import JSONPath
@@ -32,7 +32,7 @@ MISSING = object()
 @dataclass(frozen=True)
 class JSONPathExpr:
     text: str
-    compiled: JSONPath
+    compiled: JSONPath = field(compare=False)  # equal texts compile to equal paths
 
     def find(self, doc: Any) -> list[Any]:
         return [m.value for m in self.compiled.find(doc)]
