@@ -64,10 +64,11 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 class Process:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -89,15 +90,32 @@ class Process:
 class Stackwatch(Process):
     """stackwatch started exactly as a user starts it: ``python -m stackwatch --config.file ...``."""
 
-    def __init__(self, config_path: Path, tmp: Path, env: dict[str, str] | None = None, extra: list[str] | None = None):
+    def __init__(self, config_path: Path, tmp: Path, env: dict[str, str] | None = None, extra: list[str] | None = None,
+                 ready_url: str = "/-/ready", scheme: str = "http", ca: Path | None = None, client_cert: bool = False,
+                 preexec_fn: Callable[[], None] | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **(env or {})}
         super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
                           "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *(extra or [])],
-                         tmp / f"stackwatch-{self.port}.log", full_env)
+                         tmp / f"stackwatch-{self.port}.log", full_env, preexec_fn)
+        ready = f"{scheme}://127.0.0.1:{self.port}{ready_url}"
+        context = None
+        if scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(ca))
+            if client_cert:
+                context.load_cert_chain(str(ca.parent / "client.pem"), str(ca.parent / "client-key.pem"))
+
+        def is_ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError("exited")
+            with urllib.request.urlopen(ready, timeout=5, context=context) as resp:
+                return resp.status == 200
+
         try:
-            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 20, "stackwatch /-/ready")
+            wait_until(is_ready, 20, f"stackwatch {ready_url}")
         except AssertionError:
             self.stop()
             raise AssertionError(f"stackwatch did not start:\n{self.log()}") from None

@@ -174,6 +174,20 @@ def make_tls_files(directory: Path) -> dict[str, Path]:
     paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
     paths["expiry"] = leaf.not_valid_after_utc.timestamp()  # type: ignore[assignment]
+    # A client certificate from the same CA, for mutual TLS tests.
+    ckey = ec.generate_private_key(ec.SECP256R1())
+    client = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "prometheus")]))
+              .issuer_name(ca_name).public_key(ckey.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    paths["client_cert"] = directory / "client.pem"
+    paths["client_key"] = directory / "client-key.pem"
+    paths["client_cert"].write_bytes(client.public_bytes(serialization.Encoding.PEM))
+    paths["client_key"].write_bytes(ckey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
     return paths
 
 

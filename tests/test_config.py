@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,9 @@ def test_secrets_from_file_and_env_never_show_in_dumps(tmp_path: Path) -> None:
     for secret in ("file-secret-value", "env-secret-value", "header-secret-value"):
         assert secret not in dumped
     assert "<secret>" in masked_dump(a)
-    assert set(a.secrets()) == {"file-secret-value", "header-secret-value"}
+    # The secrets, and the form a Basic Authorization header gives the password (masked in output too).
+    assert set(a.secrets()) == {"file-secret-value", "header-secret-value",
+                                base64.b64encode(b"admin:file-secret-value").decode()}
 
 
 def test_error_messages_never_echo_secret_values() -> None:

@@ -280,7 +280,7 @@ def test_reload_valid_then_invalid_then_sighup(servers, tmp_path):
 targets:
   - {{name: first, kind: http, url: "{servers.url('/health')}"}}
 """)
-    sw = Stackwatch(cfg, tmp_path)
+    sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle"])
     try:
         wait_until(lambda: 'stackwatch_probe_success{target="first"' in sw.metrics(), 10, "first probe")
         # A valid reload changes the target set.

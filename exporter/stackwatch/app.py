@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from stackwatch.collector import Collector, SelfMetrics
-from stackwatch.config import Config, ConfigError
+from stackwatch.config import Config, ConfigError, Problem
 from stackwatch.kinds import builtin_kinds, load_config
+from stackwatch.listener import Stats
 from stackwatch.probes.base import ProbeKind
 from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
+from stackwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("stackwatch")
 
 
 class Exporter:
-    def __init__(self, config_path: str | Path, config: Config, kinds: Mapping[str, ProbeKind] | None = None):
+    def __init__(self, config_path: str | Path, config: Config, kinds: Mapping[str, ProbeKind] | None = None,
+                 web_config_path: str | None = None, web: WebConfig | None = None):
         self.config_path = str(config_path)
         self.config = config
+        self.web_config_path = web_config_path
+        self.web = web or WebConfig()
+        self.web_ssl: ssl.SSLContext | None = None
+        """The listening socket's TLS context, updated in place when a reload changes the files."""
+        self.listener_stats = Stats()
+        self._reloading: asyncio.Lock | None = None
         self.kinds = dict(kinds) if kinds is not None else builtin_kinds()
         self.probers = Probers(self.kinds)
         self.collector = Collector()
@@ -52,13 +63,30 @@ class Exporter:
             await self.scheduler.stop()
         await self.probers.close()
 
-    def reload(self) -> tuple[bool, str]:
-        """Load the config file again.  A bad file keeps the running config and flips the reload metric."""
-        try:
-            new = load_config(self.config_path, kinds=self.kinds)
-        except ConfigError as exc:
-            return self.reload_failed(exc.render())
-        return self.apply(new)
+    def _load(self) -> tuple[Config, WebConfig]:
+        return (load_config(self.config_path, kinds=self.kinds), load_web_config(self.web_config_path))
+
+    async def reload(self) -> tuple[bool, str]:
+        """Load the config (and web config) files again, in a thread, so serving and probing go
+        on meanwhile.  Any failure, whatever its cause, keeps the running config, sets the reload
+        metric to 0 and logs one located error."""
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:  # reloads run one at a time, in the order asked
+            try:
+                new, web = await asyncio.to_thread(self._load)
+                if self.web_ssl is not None and web.tls is not None:
+                    web.ssl_context(into=self.web_ssl)
+                elif (self.web_ssl is None) != (web.tls is None):
+                    raise ConfigError(web.source or str(self.web_config_path), [Problem(
+                        "tls_server_config", None, None,
+                        "turning TLS on or off needs a restart (the listening socket cannot change)")])
+            except ConfigError as exc:
+                return self.reload_failed(exc.render())
+            except Exception as exc:  # never a 500 and a stale metric: a located, logged failure
+                return self.reload_failed(f"{self.config_path}: reload failed: {type(exc).__name__}: {exc}")
+            self.web = web
+            return await self.apply(new)
 
     def reload_failed(self, message: str) -> tuple[bool, str]:
         self.reload_ok = False
@@ -69,10 +97,10 @@ class Exporter:
         log.error("reload failed, keeping the running config", extra={"error": message})
         return False, message
 
-    def apply(self, new: Config) -> tuple[bool, str]:
+    async def apply(self, new: Config) -> tuple[bool, str]:
+        await self.store.set_targets_async(new)
         self.config = new
         self.probers.reload(new)
-        self.store.set_targets(new)
         assert self.scheduler is not None
         self.scheduler.apply(new)
         self.reload_ok = True

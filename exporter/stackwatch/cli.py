@@ -36,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to listen on (default: %(default)s)")
+    p.add_argument("--web.config.file", dest="web_config", default=None,
+                   help="TLS, client certificate and basic auth settings for the endpoints, in the format "
+                        "Prometheus and the Go exporters use (see README)")
+    p.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
+                   help="allow POST /-/reload (SIGHUP always reloads)")
+    p.add_argument("--web.max-connections", dest="max_connections", type=int, default=512,
+                   help="connections served at once, capped at a quarter of the open-file limit "
+                        "(default: %(default)s)")
+    p.add_argument("--web.read-header-timeout", dest="header_timeout", type=float, default=10.0,
+                   help="seconds a client has to send a request's head (default: %(default)s)")
+    p.add_argument("--web.idle-timeout", dest="idle_timeout", type=float, default=60.0,
+                   help="seconds an idle keep-alive connection stays open (default: %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--config.check", dest="config_check", action="store_true",
@@ -73,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     from stackwatch.server import serve
 
     setup_logging("warning" if args.log_level == "warn" else args.log_level, args.log_format)
+    from stackwatch.listener import Limits
+    from stackwatch.webconfig import load_web_config
+
     try:
         config = load_config(args.config_file)
+        web = load_web_config(args.web_config)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
+                    idle_timeout=max(0.5, args.idle_timeout))
     try:
-        asyncio.run(serve(Exporter(args.config_file, config), args.listen))
+        asyncio.run(serve(Exporter(args.config_file, config, web_config_path=args.web_config, web=web),
+                          args.listen, args.enable_lifecycle, limits))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1

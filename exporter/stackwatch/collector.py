@@ -230,6 +230,16 @@ class _LiveCollector:
         for bound, n in zip((*[str(b) for b in LAG_BUCKETS], "+Inf"), counts_lag):
             running += n
             buckets.append((bound, running))
+        web = getattr(ex, "listener_stats", None)
+        if web is not None:
+            yield GaugeMetricFamily("stackwatch_http_connections_open",
+                                    "Connections open to stackwatch's own HTTP server.", value=web.open)
+            yield prometheus_client.core.CounterMetricFamily(
+                "stackwatch_http_connections_refused",
+                "Connections closed at accept because the connection limit was reached.", value=web.refused)
+            yield prometheus_client.core.CounterMetricFamily(
+                "stackwatch_http_header_timeouts",
+                "Connections closed because a request head did not arrive in time.", value=web.header_timeouts)
         yield HistogramMetricFamily(
             "stackwatch_scheduler_lag_seconds",
             "Delay between a probe's planned start and the moment it got a concurrency slot.",

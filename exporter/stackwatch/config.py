@@ -104,9 +104,12 @@ def read_secret_file(path: str, what: str) -> SecretStr:
 def secret_from(inline: SecretStr | None, file: str | None, what: str) -> SecretStr | None:
     if inline is not None and file is not None:
         raise ValueError(f"set either {what} or {what}_file, not both")
-    if file is not None:
-        return read_secret_file(file, f"{what}_file")
-    return inline
+    value = read_secret_file(file, f"{what}_file") if file is not None else inline
+    if value is not None and any(c in value.get_secret_value() for c in "\r\n\0"):
+        # It would go into a header or a connection string; the error must not show it.
+        raise ValueError(f"{what}{'_file' if file is not None else ''}: the secret contains a line break "
+                         "or NUL byte, which no header or connection string can carry")
+    return value
 
 
 class Model(BaseModel):

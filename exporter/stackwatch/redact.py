@@ -106,6 +106,9 @@ def collect_secrets(obj: Any) -> list[str]:
         elif isinstance(o, BaseModel):
             for name in type(o).model_fields:
                 walk(getattr(o, name), depth + 1)
+            user, pw = getattr(o, "username", None), getattr(o, "password", None)
+            if isinstance(user, str) and isinstance(pw, SecretStr):
+                out.extend(basic_auth_forms(user, pw.get_secret_value()))  # as a Basic header carries them
         elif isinstance(o, dict):
             for k, v in o.items():
                 if isinstance(v, str) and is_secret_name(k):

@@ -1,4 +1,10 @@
-"""HTTP endpoints: /metrics, /probe, /-/healthy, /-/ready, /-/reload and a status page at /."""
+"""HTTP endpoints: /metrics, /probe, /-/healthy, /-/ready, /-/reload and a status page at /.
+
+Safe to expose: with ``--web.config.file`` every endpoint but /-/healthy needs basic auth
+and/or a client certificate (TLS); ``POST /-/reload`` needs ``--web.enable-lifecycle`` and
+refuses cross-site requests; the listener bounds connections, head read time, idle time and
+request sizes (:mod:`stackwatch.listener`); a malformed request gets a 400 and one debug line.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,22 @@ import html
 import logging
 import signal
 import time
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from stackwatch import __version__
 from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
+from stackwatch.listener import Guard, Limits
+from stackwatch.webconfig import BasicAuthChecker
 
 log = logging.getLogger("stackwatch.server")
 EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
+LIFECYCLE: web.AppKey[bool] = web.AppKey("lifecycle", bool)
+AUTH: web.AppKey[BasicAuthChecker] = web.AppKey("auth", BasicAuthChecker)
 
 
 def _wants_gzip(request: web.Request) -> bool:
@@ -47,8 +59,8 @@ async def probe(request: web.Request) -> web.Response:
         return web.Response(status=400, text="missing the target parameter: /probe?target=NAME\n")
     target = ex.config.target(name)
     if target is None:
-        known = ", ".join(t.name for t in ex.config.targets[:20])
-        return web.Response(status=404, text=f'unknown target "{html.escape(name)}"; configured: {known}\n')
+        # The configured names are not listed: they are not every caller's business.
+        return web.Response(status=404, text=f'unknown target "{html.escape(name[:200])}"; see the status page\n')
     result = await ex.probers.run(target)
     fmt = negotiate(request.headers.get("Accept", ""))
     if request.query.get("debug", "").lower() in ("1", "true", "yes"):
@@ -74,8 +86,25 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    ok, message = request.app[EXPORTER].reload()
+    ex = request.app[EXPORTER]
+    if not request.app[LIFECYCLE]:
+        return web.Response(status=403, text="Lifecycle API is not enabled (start with --web.enable-lifecycle; "
+                                             "SIGHUP always reloads).\n")
+    if _cross_site(request):
+        return web.Response(status=403, text="cross-site reload requests are refused\n")
+    ok, message = await ex.reload()
     return web.Response(status=200 if ok else 400, text=message + "\n")
+
+
+def _cross_site(request: web.Request) -> bool:
+    """A browser's request from another site (a form post from a web page, say)."""
+    if request.headers.get("Sec-Fetch-Site", "") in ("cross-site", "same-site"):
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    host = request.headers.get("Host", "")
+    return origin == "null" or origin.split("://", 1)[-1].rstrip("/") != host
 
 
 async def reload_wrong_method(request: web.Request) -> web.Response:
@@ -111,9 +140,33 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-def build_app(ex: Exporter) -> web.Application:
-    app = web.Application()
+OPEN_PATHS = frozenset({"/-/healthy"})
+"""Reachable without credentials, as in Prometheus: a liveness check needs none."""
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    ex = request.app[EXPORTER]
+    webcfg = ex.web
+    if webcfg.auth_required and request.path not in OPEN_PATHS:
+        if not await request.app[AUTH].check(webcfg, request.headers.get("Authorization")):
+            return web.Response(status=401, text="Unauthorized\n",
+                                headers={"WWW-Authenticate": 'Basic realm="stackwatch"'})
+    return await handler(request)
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The web config's response headers, on every response (streamed ones included)."""
+    for name, value in request.app[EXPORTER].web.headers.items():
+        response.headers[name] = value
+
+
+def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[EXPORTER] = ex
+    app[LIFECYCLE] = enable_lifecycle
+    app[AUTH] = BasicAuthChecker()
+    app.on_response_prepare.append(_add_headers)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)
@@ -130,24 +183,78 @@ def parse_listen(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def serve(ex: Exporter, listen: str) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads the config."""
+class _QuietLog:
+    """aiohttp's per-connection logger: a malformed request (bad request line, headers too
+    long, non-HTTP bytes) is one debug line, no traceback; errors in stackwatch's own handlers
+    keep theirs."""
+
+    def __init__(self, logger: logging.Logger):
+        self._log = logger
+
+    def _short(self, msg: str, args: tuple[Any, ...], exc_info: Any) -> str:
+        text = msg % args if args else msg
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        return f"{text}: {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else text
+
+    def debug(self, msg: str, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(self._short(msg, args, exc_info))
+
+    def exception(self, msg: str, *args: Any, exc_info: Any = True, **_: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc, HttpProcessingError | ConnectionError) or "Error handling request" in msg:
+            self.debug(msg, *args, exc_info=exc)
+        else:
+            self._log.error(msg, *args, exc_info=exc_info)
+
+    def error(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log.error(msg, *args, **kw)
+
+    def warning(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log.warning(msg, *args, **kw)
+
+    def info(self, msg: str, *args: Any, **kw: Any) -> None:
+        self._log.info(msg, *args, **kw)
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 -- logging's name
+        return self._log.isEnabledFor(level)
+
+
+async def serve(ex: Exporter, listen: str, enable_lifecycle: bool = False, limits: Limits | None = None) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config (and the web config)."""
+    limits = limits or Limits()
     await ex.start()
-    app = build_app(ex)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    app = build_app(ex, enable_lifecycle)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout,
+                           logger=_QuietLog(logging.getLogger("stackwatch.http")), max_line_size=8190,
+                           max_field_size=8190)
     await runner.setup()
     host, port = parse_listen(listen)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("listening", extra={"address": f"{host}:{port}"})
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, ex.reload)
+    ex.web_ssl = ex.web.ssl_context()
+    cap = limits.effective_max_connections()
+    server_factory = runner.server
+    assert server_factory is not None
+    server = await loop.create_server(
+        lambda: Guard(server_factory(), limits, ex.listener_stats, cap), host, port, ssl=ex.web_ssl,
+        ssl_handshake_timeout=limits.header_timeout if ex.web_ssl else None, backlog=128, reuse_address=True)
+    log.info("listening", extra={"address": f"{host}:{port}", "tls": ex.web_ssl is not None,
+                                 "basic_auth": ex.web.auth_required, "max_connections": cap})
+    stop = asyncio.Event()
+    background: set[asyncio.Task[Any]] = set()
+
+    def sighup() -> None:
+        task = loop.create_task(ex.reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, sighup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        server.close()
         await runner.cleanup()
         await ex.stop()

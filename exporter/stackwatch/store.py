@@ -7,9 +7,10 @@ status page and the JSON API read) and the rendered lines the collector puts bes
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from stackwatch.config import Config, TargetConfig
@@ -64,8 +65,20 @@ class Store:
 
     def set_targets(self, config: Config) -> None:
         """Keep state (counters, last result) of targets whose config is unchanged; drop removed ones."""
+        for _ in self._set_targets(config):
+            pass
+
+    async def set_targets_async(self, config: Config, slice_size: int = 500) -> None:
+        """The same, yielding to the event loop between slices: a reload to 10k changed targets
+        does not stall scrapes and probes.  The new states replace the old ones at once, at the end."""
+        for _ in self._set_targets(config, slice_size):
+            await asyncio.sleep(0)
+
+    def _set_targets(self, config: Config, slice_size: int = 0) -> Iterator[None]:
         new: dict[str, TargetState] = {}
-        for t in config.targets:
+        for i, t in enumerate(config.targets):
+            if slice_size and i and i % slice_size == 0:
+                yield
             old = self.states.get(t.name)
             if old is not None and old.target == t:
                 new[t.name] = old

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from algosdk import encoding
 from algosdk.error import AlgodHTTPError, AlgodResponseError, IndexerHTTPError
@@ -39,6 +40,7 @@ from stackwatch.probes.base import (
     run_blocking,
     sanitize_label_value,
 )
+from stackwatch.redact import EnvStr, redact_url
 
 POOL_WORKERS = 8
 
@@ -110,14 +112,33 @@ class AlgorandTarget(TargetConfig):
     assets: list[Asset] = Field(default_factory=list)
     transactions: list[Transaction] = Field(default_factory=list)
 
-    @field_validator("algod_url", "indexer_url")
+    @field_validator("algod_url", "indexer_url", mode="before")
     @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is None:
+    def _url(cls, v: Any) -> Any:
+        if not isinstance(v, str):
             return v
         if not v.startswith(("http://", "https://")):
-            raise ValueError(f'expected an http:// or https:// URL, got "{v}"')
-        return v.rstrip("/")  # the SDK concatenates: a trailing slash gives //v2/...
+            raise ValueError(f'expected an http:// or https:// URL, got "{redact_url(v)[:200]}"')
+        try:
+            password = urlsplit(v).password
+        except ValueError:
+            raise ValueError(f'expected an http:// or https:// URL, got "{redact_url(v)[:200]}"') from None
+        if password and not isinstance(v, EnvStr):
+            raise ValueError("a password in the URL is not accepted; use algod_token or a URL that comes "
+                             "whole from ${ENV_VAR}")
+        stripped = v.rstrip("/")  # the SDK concatenates: a trailing slash gives //v2/...
+        return EnvStr(stripped) if isinstance(v, EnvStr) else stripped
+
+    def extra_secrets(self) -> list[str]:
+        out = []
+        for url in (self.algod_url, self.indexer_url):
+            try:
+                password = urlsplit(url).password if url else None
+            except ValueError:
+                password = None
+            if password:
+                out.extend([password, unquote(password)])
+        return out
 
     @model_validator(mode="after")
     def _prepare(self) -> AlgorandTarget:

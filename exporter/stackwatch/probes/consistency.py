@@ -30,6 +30,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     PrivateAttr,
+    field_validator,
     model_validator,
 )
 
@@ -144,6 +145,11 @@ class SQLSource(Model):
     """Its columns are the fields (one row)."""
 
     _parsed: Any = PrivateAttr(default=None)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_inline_password(cls, v: Any) -> Any:
+        return sqldb.no_inline_password(v)
 
     @model_validator(mode="after")
     def _prepare(self) -> SQLSource:

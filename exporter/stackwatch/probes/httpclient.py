@@ -35,7 +35,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from stackwatch.config import ByteSize, Model, Secret, secret_from
 from stackwatch.probes.base import KindState, ProbeContext, ProbeFailure, Reason
 from stackwatch.probes.rawtransport import RawHTTPTransport
-from stackwatch.redact import redact_url
+from stackwatch.redact import EnvStr, is_secret_name, redact_url
 
 KEEPALIVE_POOL = 16
 
@@ -150,6 +150,23 @@ class HTTPRequest(Model):
             self._parsed = httpx.URL(self.url)  # a URL httpx cannot parse fails this probe, named
         return self._parsed
 
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v  # pydantic names the type error
+        for name, value in v.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                continue
+            secret = is_secret_name(name)
+            if secret and not isinstance(value, EnvStr):
+                raise ValueError(f"header {name[:60]}: inline secrets are not accepted; use ${{ENV_VAR}} "
+                                 "(or authorization / basic_auth with a *_file key)")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name[:60]}: the value contains a line break or NUL byte"
+                                 + ("" if secret else f' ("{redact_url(value)[:60]}")'))
+        return v
+
     @field_validator("valid_status_codes")
     @classmethod
     def _codes(cls, v: list[int]) -> list[int]:
@@ -197,6 +214,17 @@ class _NoCookies(httpx.Cookies):
 
 
 class ProbeClient(httpx.AsyncClient):
+    def _redirect_headers(self, request: httpx.Request, url: httpx.URL, method: str) -> httpx.Headers:
+        # httpx drops Authorization when a redirect leaves the origin; drop every header with a
+        # secret's name too (X-Api-Key, Cookie, ...), so a redirect cannot carry a key elsewhere.
+        headers = super()._redirect_headers(request, url, method)
+        old = request.url
+        upgrade = url.host == old.host and old.scheme == "http" and url.scheme == "https"
+        if (url.scheme, url.host, url.port) != (old.scheme, old.host, old.port) and not upgrade:
+            for name in [n for n in headers if is_secret_name(n)]:
+                del headers[name]
+        return headers
+
     @property  # type: ignore[override]
     def cookies(self) -> httpx.Cookies:
         return _NoCookies()

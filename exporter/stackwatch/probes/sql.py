@@ -18,7 +18,6 @@ from sqlalchemy import Connection, inspect, text
 
 from stackwatch.config import (
     Duration,
-    EnvStr,
     LabelName,
     Model,
     Secret,
@@ -121,10 +120,7 @@ class SQLTarget(TargetConfig):
     @field_validator("url", mode="before")
     @classmethod
     def _no_inline_password(cls, v: Any) -> Any:
-        if isinstance(v, str) and not isinstance(v, EnvStr) and sqldb.url_secrets(v, unparseable_is_secret=False):
-            raise ValueError("a password in the URL is not accepted; use password (from ${ENV_VAR}), "
-                             "password_file, or a URL that comes whole from ${ENV_VAR}")
-        return v
+        return sqldb.no_inline_password(v)
 
     @model_validator(mode="after")
     def _prepare(self) -> SQLTarget:

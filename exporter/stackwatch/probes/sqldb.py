@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, exc, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from stackwatch.probes.base import ProbeFailure, Reason
-from stackwatch.redact import MASK, is_secret_name
+from stackwatch.redact import MASK, EnvStr, is_secret_name
 
 POOL_WORKERS = 16
 
@@ -94,6 +94,14 @@ def url_secrets(raw: str, unparseable_is_secret: bool = True) -> list[str]:
         if is_secret_name(key):
             out.extend([value] if isinstance(value, str) else list(value))
     return [str(s) for s in out if s]
+
+
+def no_inline_password(v: Any) -> Any:
+    """Validator: a URL written in the file may not hold a password (one from ${ENV} may)."""
+    if isinstance(v, str) and not isinstance(v, EnvStr) and url_secrets(v, unparseable_is_secret=False):
+        raise ValueError("a password in the URL is not accepted; use password (from ${ENV_VAR}), "
+                         "password_file, or a URL that comes whole from ${ENV_VAR}")
+    return v
 
 
 def safe_url(url: URL) -> str:

@@ -1,0 +1,222 @@
+"""``--web.config.file``: TLS, client certificates, basic auth and response headers for the
+exporter's own endpoints, in the format Prometheus, node_exporter and blackbox_exporter share::
+
+    tls_server_config:
+      cert_file: server.crt
+      key_file: server.key
+      client_auth_type: RequireAndVerifyClientCert   # optional
+      client_ca_file: ca.crt
+      min_version: TLS12
+    http_server_config:
+      headers:
+        Strict-Transport-Security: max-age=31536000
+    basic_auth_users:
+      alice: $2y$10$mDwo.lAisC94iLAyP81MCesa29IzH37oigHC/42V2pdJlUprsJPze
+
+Passwords are bcrypt hashes (``htpasswd -nBC 10 "" | tr -d ':\\n'``).  A verified password is
+remembered (as a salted SHA-256 of user and password, never the password), so a scrape every
+second costs one hash lookup, not one bcrypt run.  The file is read again on every reload; a bad
+file fails the reload and the running settings stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import bcrypt
+from pydantic import Field, ValidationError, field_validator
+
+from stackwatch.config import ConfigError, Model, Problem, _message, format_path
+from stackwatch.yamlload import YAMLProblem, load
+
+ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
+                   "X-XSS-Protection", "Content-Security-Policy")
+"""The response headers exporter-toolkit lets a web config set."""
+
+ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
+                     "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+
+
+class TLSServerConfig(Model):
+    cert_file: str
+    key_file: str
+    client_auth_type: ClientAuth = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
+    max_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] | None = None
+    cipher_suites: list[str] = Field(default_factory=list)
+    """Accepted for compatibility; Python's defaults are used (they exclude weak suites)."""
+    curve_preferences: list[str] = Field(default_factory=list)
+    prefer_server_cipher_suites: bool = True
+    client_allowed_sans: list[str] = Field(default_factory=list)
+
+    @field_validator("client_auth_type")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if v in ("RequestClientCert", "RequireAnyClientCert"):
+            raise ValueError(f"{v} (accepting unverified client certificates) is not supported; "
+                             "use VerifyClientCertIfGiven or RequireAndVerifyClientCert")
+        return v
+
+
+class HTTPServerConfig(Model):
+    http2: bool = False
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _allowed(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if name not in ALLOWED_HEADERS:
+                raise ValueError(f'header "{name[:60]}" cannot be set; allowed: {", ".join(ALLOWED_HEADERS)}')
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name} must not contain a line break")
+        return v
+
+
+class WebConfigFile(Model):
+    tls_server_config: TLSServerConfig | None = None
+    http_server_config: HTTPServerConfig = Field(default_factory=HTTPServerConfig)
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("basic_auth_users")
+    @classmethod
+    def _bcrypt(cls, v: dict[str, str]) -> dict[str, str]:
+        for user, hashed in v.items():
+            if ":" in user:
+                raise ValueError(f'user name "{user[:60]}" must not contain ":"')
+            if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+                raise ValueError(f'the password of user "{user[:60]}" must be a bcrypt hash ($2y$...), '
+                                 "not a plain password")
+        return v
+
+
+_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+             "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+
+
+def _relative(base: Path, name: str | None) -> str | None:
+    """Files named in the web config are relative to the web config's folder, as in Prometheus."""
+    if name is None:
+        return None
+    return str(base / name) if not os.path.isabs(name) else name
+
+
+@dataclass
+class WebConfig:
+    """The loaded file, with its TLS context built (files read and checked)."""
+
+    source: str = ""
+    users: dict[str, bytes] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    tls: TLSServerConfig | None = None
+    base: Path = Path(".")
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.users)
+
+    def ssl_context(self, into: ssl.SSLContext | None = None) -> ssl.SSLContext | None:
+        """A server context for these settings; ``into`` updates a running server's context in
+        place (new handshakes see the new certificate and client CA)."""
+        tls = self.tls
+        if tls is None:
+            return None
+        ctx = into or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(_relative(self.base, tls.cert_file), _relative(self.base, tls.key_file))
+            if tls.client_auth_type != "NoClientCert":
+                if not tls.client_ca_file:
+                    raise ValueError(f"client_auth_type {tls.client_auth_type} needs client_ca_file")
+                ctx.load_verify_locations(cafile=_relative(self.base, tls.client_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}") from None
+        ctx.verify_mode = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+                           "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}[tls.client_auth_type]
+        ctx.minimum_version = _VERSIONS[tls.min_version]
+        if tls.max_version:
+            ctx.maximum_version = _VERSIONS[tls.max_version]
+        return ctx
+
+
+def load_web_config(path: str | None) -> WebConfig:
+    """Read and check a web config file; ConfigError names the key path and line."""
+    if not path:
+        return WebConfig()
+    try:
+        raw = Path(path).read_bytes()[: 1024 * 1024 + 1]
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(path, [Problem("", None, None, f"cannot read the file: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, [Problem("", None, None, "the file is not UTF-8")]) from None
+    try:
+        loaded = load(text)
+    except YAMLProblem as exc:
+        raise ConfigError(path, [Problem("", exc.line, exc.column, exc.message)]) from None
+    data = loaded.value if loaded.value is not None else {}
+    try:
+        model = WebConfigFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            line, col = next((loaded.marks[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in loaded.marks),
+                             (None, None))
+            problems.append(Problem(format_path(loc), line, col, _message(err, loc, WebConfigFile)))
+        raise ConfigError(path, problems) from None
+    web = WebConfig(path, {u: h.encode() for u, h in model.basic_auth_users.items()},
+                    dict(model.http_server_config.headers), model.tls_server_config, Path(path).resolve().parent)
+    try:
+        web.ssl_context()  # read and check the files now, not at the first connection
+    except ValueError as exc:
+        raise ConfigError(path, [Problem("tls_server_config", *loaded.marks.get(("tls_server_config",), (None, None)),
+                                         str(exc))]) from None
+    return web
+
+
+class BasicAuthChecker:
+    """Checks ``Authorization: Basic`` against bcrypt hashes, in a thread, with a cache."""
+
+    MAX_CACHED = 1024
+
+    def __init__(self) -> None:
+        self._salt = os.urandom(16)
+        self._ok: dict[bytes, None] = {}
+        self._gate = asyncio.Semaphore(2)  # bcrypt is slow on purpose: bound what callers can make us do
+        self._dummy = bcrypt.hashpw(b"stackwatch", bcrypt.gensalt(rounds=10))
+
+    async def check(self, web: WebConfig, header: str | None) -> bool:
+        if not web.users:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return False
+        if not sep:
+            return False
+        hashed = web.users.get(user)
+        key = hmac.new(self._salt, b"%s\0%s\0%s" % (user.encode(), password.encode(), hashed or b""),
+                       hashlib.sha256).digest()
+        if key in self._ok:
+            return True
+        async with self._gate:
+            # An unknown user costs the same bcrypt run as a known one: no user enumeration by timing.
+            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode()[:72], hashed or self._dummy)
+        if ok and hashed is not None:
+            if len(self._ok) >= self.MAX_CACHED:
+                self._ok.pop(next(iter(self._ok)))
+            self._ok[key] = None
+            return True
+        return False
