@@ -87,13 +87,15 @@ def test_no_import_cycle():
 
 
 # (importer prefix, forbidden import prefixes): the rules of docs/architecture.md.
-BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition")
+BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition", "stackwatch.yamlload")
 ABOVE_PROBES = ("stackwatch.kinds", "stackwatch.runner", "stackwatch.scheduler", "stackwatch.store",
                 "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
                 "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition")
 KIND_MODULES = tuple(f"stackwatch.probes.{k}" for k in ("http", "jsonapi", "sql", "algorand", "consistency"))
 RULES = [
-    (BOTTOM, ("stackwatch.config", "stackwatch.probes", *ABOVE_PROBES)),
+    (BOTTOM, ("stackwatch.config", "stackwatch.probes", "stackwatch.webconfig", "stackwatch.listener",
+              *ABOVE_PROBES)),
+    (("stackwatch.webconfig", "stackwatch.listener"), ("stackwatch.probes", *ABOVE_PROBES)),
     (("stackwatch.config",), ("stackwatch.probes", *ABOVE_PROBES)),
     (("stackwatch.probes",), ABOVE_PROBES),
     (("stackwatch.probes.base",), ("stackwatch.probes.",)),

@@ -42,6 +42,7 @@ from stackwatch.durations import format_duration, parse_duration, parse_size
 from stackwatch.redact import (
     EnvStr,
     collect_secrets,
+    expand_forms,
     is_secret_name,
     mask_tree,
     redact_url,
@@ -174,6 +175,13 @@ class TargetConfig(Model):
         return data
 
     _secrets: list[str] | None = PrivateAttr(default=None)
+    _secret_forms: list[str] | None = PrivateAttr(default=None)
+
+    def secret_forms(self) -> list[str]:
+        """Every form of every secret this target holds (see redact.expand_forms), computed once."""
+        if self._secret_forms is None:
+            self._secret_forms = expand_forms(self.secrets())
+        return self._secret_forms
 
     def declared_families(self) -> list[Any]:
         """Metric families this target's config declares (JSON/SQL metrics); checked across targets."""

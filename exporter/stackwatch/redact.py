@@ -80,10 +80,15 @@ def expand_forms(secrets: Iterable[str]) -> list[str]:
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """Remove known secret values (in every form, see :func:`expand_forms`) and URL passwords."""
-    for form in expand_forms(secrets):
+    return redact_url(mask_forms(text, expand_forms(secrets)))
+
+
+def mask_forms(text: str, forms: list[str]) -> str:
+    """Replace each of the (already expanded, longest first) secret forms in ``text``."""
+    for form in forms:
         if form in text:
             text = text.replace(form, MASK)
-    return redact_url(text)
+    return text
 
 
 def basic_auth_forms(username: str, password: str) -> list[str]:

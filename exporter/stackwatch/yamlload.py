@@ -198,6 +198,11 @@ def load(text: str) -> Loaded:
                 place(frame.container, frame.size, frame.mark)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is None and isinstance(getattr(exc, "position", None), int):  # the reader: a bad character
+            pos = exc.position  # type: ignore[attr-defined]
+            mark = yaml.Mark("", pos, text.count("\n", 0, pos), pos - (text.rfind("\n", 0, pos) + 1), None, None)
+            reason = f"character {getattr(exc, 'character', '?')!r} is not allowed in YAML"
+        else:
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise YAMLProblem(f"invalid YAML: {reason}", mark) from None
     return out

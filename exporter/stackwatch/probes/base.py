@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from stackwatch.config import TargetConfig
-from stackwatch.redact import scrub
+from stackwatch.redact import mask_forms, redact_url
 
 
 class Reason(StrEnum):
@@ -167,7 +167,7 @@ class ProbeContext:
     """What a probe gets besides its config: the deadline, its kind's state, and somewhere to
     put results."""
 
-    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "state", "_secrets", "_start")
+    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "state", "_start")
 
     def __init__(self, target: TargetConfig, timeout: float, verbose: bool = True, state: Any = None):
         self.target = target
@@ -180,13 +180,16 @@ class ProbeContext:
         self.deadline = self._start + timeout
         self.samples: list[tuple[Family, Labels, float]] = []
         self.log_lines: list[str] = []
-        self._secrets: list[str] | None = None
 
     def remaining(self) -> float:
         """Seconds left before the hard deadline (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
 
     def sample(self, family: Family, value: float, /, **labels: str) -> None:
+        if labels:
+            forms = self.target.secret_forms()
+            if forms:  # a label value read from a response may echo a secret this target sent
+                labels = {k: mask_forms(v, forms) for k, v in labels.items()}
         self.samples.append((family, tuple(labels.items()), float(value)))
 
     def log(self, message: str) -> None:
@@ -195,9 +198,7 @@ class ProbeContext:
             self.log_lines.append(f"{elapsed * 1000:8.1f}ms {self.scrub(message)}")
 
     def scrub(self, text: str) -> str:
-        if self._secrets is None:
-            self._secrets = self.target.secrets()
-        return scrub(text, self._secrets)
+        return redact_url(mask_forms(text, self.target.secret_forms()))
 
     def success(self) -> ProbeResult:
         return ProbeResult(True, None, "", samples=self.samples, log=self.log_lines)
