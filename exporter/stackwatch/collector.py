@@ -230,6 +230,27 @@ class _LiveCollector:
         for bound, n in zip((*[str(b) for b in LAG_BUCKETS], "+Inf"), counts_lag):
             running += n
             buckets.append((bound, running))
+        stuck = GaugeMetricFamily("stackwatch_blocking_calls_stuck",
+                                  "Blocking client calls (SQL drivers, Algorand SDK) abandoned at their deadline "
+                                  "whose thread is still running.", labels=["kind"])
+        abandoned = prometheus_client.core.CounterMetricFamily(
+            "stackwatch_blocking_calls_abandoned",
+            "Blocking client calls abandoned at their probe's deadline (capacity is not lost to them).",
+            labels=["kind"])
+        for kind, state in sorted(ex.probers.states.items()):  # type: ignore[attr-defined]
+            runner = getattr(state, "runner", None)
+            if runner is not None:
+                stuck.add_metric([kind], runner.stuck)
+                abandoned.add_metric([kind], runner.abandoned_total)
+        yield stuck
+        yield abandoned
+        if sched is not None:
+            yield prometheus_client.core.CounterMetricFamily(
+                "stackwatch_probe_requests_joined",
+                "Runs that joined a run of the same target already in flight (single flight).", value=sched.joined)
+            yield prometheus_client.core.CounterMetricFamily(
+                "stackwatch_probe_requests_refused",
+                "/probe calls refused with 503 because too many were waiting.", value=sched.probe_refused)
         web = getattr(ex, "listener_stats", None)
         if web is not None:
             yield GaugeMetricFamily("stackwatch_http_connections_open",

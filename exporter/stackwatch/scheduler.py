@@ -10,6 +10,11 @@
   is scheduler lag, exported as its own histogram.
 * A target's next run is put in the heap only when its run ends: no overlap.  A slot that
   passed during a run starts late; slots missed by a whole interval are skipped, not queued.
+* Single flight per target: a run asked for while one of the same target is in flight (a
+  ``/probe`` call, or the schedule while a ``/probe`` runs) joins that run and gets its result,
+  so callers can neither double the load on a target nor make its scheduled probe fail.
+  ``/probe`` goes through the same global and per-kind bounds, with a bounded number of callers
+  waiting (past it: :class:`Busy`, a 503).
 * One probe never delays another target: each run is its own task, and the deadline holds.
   This relies on probes never blocking the event loop: blocking clients (SQLAlchemy drivers,
   py-algorand-sdk) run in thread pools with their own deadlines (probes/sqldb.py, probes/algorand.py).
@@ -30,6 +35,10 @@ from stackwatch.runner import Probers
 log = logging.getLogger("stackwatch.scheduler")
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Busy(Exception):
+    """Too many /probe callers are waiting already."""
 
 
 def spread(name: str, interval: float) -> float:
@@ -64,6 +73,11 @@ class Scheduler:
         self._global = asyncio.Semaphore(settings.max_concurrent_probes)
         self._per_kind: dict[str, asyncio.Semaphore] = {}
         self.in_flight = 0
+        self._running: dict[str, tuple[TargetConfig, bool, asyncio.Future[ProbeResult]]] = {}
+        self.probe_callers = 0
+        self.max_probe_callers = max(16, 2 * settings.max_concurrent_probes)
+        self.probe_refused = 0
+        self.joined = 0
         self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)
         self.lag_sum = 0.0
         self.skipped = 0
@@ -162,7 +176,51 @@ class Scheduler:
             gate = self._per_kind[kind] = asyncio.Semaphore(limit)
         return gate
 
-    async def run_once(self, target: TargetConfig, planned: float | None = None) -> ProbeResult:
+    async def run_once(self, target: TargetConfig, planned: float | None = None, verbose: bool = False) -> ProbeResult:
+        """One run of a target through the bounds, or the run already in flight for it."""
+        running = self._running.get(target.name)
+        if running is not None and running[0] == target and (running[1] or not verbose):
+            self.joined += 1
+            return await self._join(target, running[2])
+        if running is not None:
+            # A different config (mid-reload) or a debug run wanting its own log: never overlap
+            # two runs of one target; wait for the one in flight to end, then run.
+            await asyncio.wait([running[2]])
+            return await self.run_once(target, planned, verbose)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ProbeResult] = loop.create_future()
+        self._running[target.name] = (target, verbose, future)
+        try:
+            result = await self._gated(target, planned, verbose)
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._running.get(target.name, (None, None, None))[2] is future:
+                del self._running[target.name]
+        future.set_result(result)
+        return result
+
+    async def _join(self, target: TargetConfig, future: asyncio.Future[ProbeResult]) -> ProbeResult:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.cancelled():
+                raise  # this caller was cancelled, not the run it joined
+        return await self.run_once(target)
+
+    async def probe(self, target: TargetConfig, verbose: bool) -> ProbeResult:
+        """A ``/probe`` call: through the same bounds and single flight as scheduled runs."""
+        if self.probe_callers >= self.max_probe_callers:
+            self.probe_refused += 1
+            raise Busy(f"{self.probe_callers} /probe calls are already waiting")
+        self.probe_callers += 1
+        try:
+            return await self.run_once(target, verbose=verbose)
+        finally:
+            self.probe_callers -= 1
+
+    async def _gated(self, target: TargetConfig, planned: float | None, verbose: bool) -> ProbeResult:
         loop = asyncio.get_running_loop()
         gate = self._kind_gate(target.kind)
         sem = self._global
@@ -174,7 +232,7 @@ class Scheduler:
                     self._observe_lag(max(0.0, loop.time() - planned))
                 self.in_flight += 1
                 try:
-                    return await self.probers.run(target, verbose=False)
+                    return await self.probers.run(target, verbose=verbose)
                 finally:
                     self.in_flight -= 1
             finally:

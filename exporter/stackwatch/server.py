@@ -23,6 +23,7 @@ from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
 from stackwatch.listener import Guard, Limits
+from stackwatch.scheduler import Busy
 from stackwatch.webconfig import BasicAuthChecker
 
 log = logging.getLogger("stackwatch.server")
@@ -61,9 +62,14 @@ async def probe(request: web.Request) -> web.Response:
     if target is None:
         # The configured names are not listed: they are not every caller's business.
         return web.Response(status=404, text=f'unknown target "{html.escape(name[:200])}"; see the status page\n')
-    result = await ex.probers.run(target)
+    debug = request.query.get("debug", "").lower() in ("1", "true", "yes")
+    assert ex.scheduler is not None
+    try:
+        result = await ex.scheduler.probe(target, verbose=debug)
+    except Busy as exc:
+        return web.Response(status=503, text=f"busy: {exc}; retry later\n", headers={"Retry-After": "1"})
     fmt = negotiate(request.headers.get("Accept", ""))
-    if request.query.get("debug", "").lower() in ("1", "true", "yes"):
+    if debug:
         body = probe_body(target, result, False)
         outcome = "succeeded" if result.success else f"failed: {result.reason.value if result.reason else ''}: {result.message}"
         text = (f"Logs for the probe (target {name}):\n" + "\n".join(result.log)
@@ -120,19 +126,27 @@ async def status_page(request: web.Request) -> web.Response:
         if r is None:
             status, reason, when, took = "pending", "", "never", ""
         else:
-            status = "up" if r.success else "DOWN"
-            reason = f"{r.reason.value}: {r.message}" if r.reason else ""
+            status = r.state(now, float(t.interval or 15))
+            if status == "down":
+                reason = f"{r.reason.value}: {r.message}" if r.reason else r.message
+            elif status == "degraded":
+                reason = "failing checks: " + ", ".join(r.failing_checks)
+            elif status == "stale":
+                reason = f"no probe for {now - r.finished_at:.0f}s (interval {t.interval:g}s)"
+            else:
+                reason = ""
             when = f"{now - r.finished_at:.0f}s ago"
             took = f"{r.duration * 1000:.1f} ms"
+        shown = status.upper() if status in ("down", "stale") else status
         rows.append(
-            f"<tr class='{status.lower()}'><td>{html.escape(t.name)}</td><td>{t.kind}</td><td>{status}</td>"
+            f"<tr class='{status}'><td>{html.escape(t.name)}</td><td>{t.kind}</td><td>{shown}</td>"
             f"<td>{html.escape(reason)}</td><td>{when}</td><td>{took}</td>"
             f"<td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>"
         )
     reload_note = "" if ex.reload_ok else f"<p class='down'>Last reload failed:<pre>{html.escape(ex.last_reload_error)}</pre></p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>stackwatch</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-.down td,.down{{color:#b00}}.up td:nth-child(3){{color:#070}}</style></head><body>
+.down td,.down,.stale td{{color:#b00}}.degraded td{{color:#a60}}.up td:nth-child(3){{color:#070}}</style></head><body>
 <h1>stackwatch {__version__}</h1><p>Config: {html.escape(ex.config_path)} ({len(ex.config.targets)} targets).
 <a href="metrics">Metrics</a></p>{reload_note}
 <table><tr><th>Target</th><th>Kind</th><th>Status</th><th>Reason</th><th>Last probe</th><th>Duration</th><th></th></tr>

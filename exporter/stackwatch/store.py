@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from stackwatch.config import Config, TargetConfig
-from stackwatch.probes.base import ProbeResult, Reason
+from stackwatch.probes.base import ProbeResult, Reason, failing_checks
 
 # Exact edges at the documented thresholds: 0.3 s and 0.5 s goals, 1 s, 2 s (L1) and 5 s (L2).
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -29,10 +29,21 @@ class Outcome:
     message: str
     duration: float
     finished_at: float
+    failing_checks: tuple[str, ...] = ()
+    """Checks that failed although the probe succeeded (asset missing, account below floor...)."""
 
     @classmethod
     def of(cls, result: ProbeResult) -> Outcome:
-        return cls(result.success, result.reason, result.message, result.duration, result.finished_at)
+        return cls(result.success, result.reason, result.message, result.duration, result.finished_at,
+                   failing_checks(result.samples))
+
+    def state(self, now: float, interval: float) -> str:
+        """up, degraded (up, with failing checks), down, or stale (no probe for 3 intervals)."""
+        if now - self.finished_at > 3 * interval:
+            return "stale"
+        if not self.success:
+            return "down"
+        return "degraded" if self.failing_checks else "up"
 
 
 @dataclass(slots=True)

@@ -18,7 +18,6 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +39,7 @@ from stackwatch.probes.base import (
     run_blocking,
     sanitize_label_value,
 )
+from stackwatch.probes.blocking import BlockingRunner
 from stackwatch.redact import EnvStr, redact_url
 
 POOL_WORKERS = 8
@@ -164,7 +164,7 @@ HEALTHY = Family(P + "node_healthy", "gauge", "1 if algod's /health answered 200
 READY = Family(P + "node_ready", "gauge", "1 if /ready answered 200 (503: catching up; 500: stopped or failing).")
 READY_CODE = Family(P + "node_ready_status_code", "gauge", "HTTP status of /ready.")
 NODE_INFO = Family(P + "node_info", "gauge", "Genesis id and hash and algod build of the node (value 1).")
-NET_MATCH = Family(P + "network_match", "gauge", "1 if the node is on the configured network (genesis id or hash).")
+NET_MATCH = Family(P + "network_match", "gauge", "1 if the node is on the configured network (genesis id or hash).", healthy=1)
 LAST_ROUND = Family(P + "last_round", "gauge", "Last round the node has.")
 ROUND_AGE = Family(P + "time_since_last_round_seconds", "gauge", "Time since the node's last round.")
 CATCHUP = Family(P + "catchup_time_seconds", "gauge", "Time spent catching up (0 when in sync).")
@@ -176,13 +176,13 @@ SPENDABLE = Family(P + "account_spendable_microalgos", "gauge", "Balance minus m
 HEADROOM = Family(P + "account_fee_headroom_transactions", "gauge",
                   "How many minimum-fee transactions the spendable balance can pay (0: cannot pay fees).")
 FLOOR = Family(P + "account_floor_microalgos", "gauge", "The configured floor for the account's balance.")
-FUNDED = Family(P + "account_above_floor", "gauge", "1 if the balance is at or above the configured floor.")
-EXISTS = Family(P + "asset_exists", "gauge", "1 if the asset exists on the node's network (0: 404, never created or destroyed).")
-CREATOR_OK = Family(P + "asset_creator_match", "gauge", "1 if the asset's creator is the expected address.")
+FUNDED = Family(P + "account_above_floor", "gauge", "1 if the balance is at or above the configured floor.", healthy=1)
+EXISTS = Family(P + "asset_exists", "gauge", "1 if the asset exists on the node's network (0: 404, never created or destroyed).", healthy=1)
+CREATOR_OK = Family(P + "asset_creator_match", "gauge", "1 if the asset's creator is the expected address.", healthy=1)
 TOTAL = Family(P + "asset_total_base_units", "gauge", "Total supply of the asset in base units (float64: exact up to 2^53).")
 DECIMALS = Family(P + "asset_decimals", "gauge", "Decimals of the asset.")
 ASSET_INFO = Family(P + "asset_info", "gauge", "Unit name and name of the asset (value 1).")
-OPTED_IN = Family(P + "asset_opted_in", "gauge", "1 if the account holds (is opted in to) the asset.")
+OPTED_IN = Family(P + "asset_opted_in", "gauge", "1 if the account holds (is opted in to) the asset.", healthy=1)
 HOLDING = Family(P + "asset_holding_base_units", "gauge", "The account's amount of the asset, in base units.")
 FROZEN = Family(P + "asset_holding_frozen", "gauge", "1 if the account's holding of the asset is frozen.")
 TX_STATE = Family(P + "transaction_state", "gauge", "1 for the transaction's current state: confirmed, pending, rejected or unknown.")
@@ -202,7 +202,7 @@ class AlgorandState(KindState):
     """The kind's thread pool and when each watched transaction was first seen pending."""
 
     def __init__(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix="stackwatch-algorand")
+        self.runner = BlockingRunner("algorand")
         self.pending_since: dict[tuple[str, str], float] = {}
 
     def reload(self, targets: list[Any]) -> None:
@@ -210,8 +210,6 @@ class AlgorandState(KindState):
         for key in [k for k in self.pending_since if k not in alive]:
             del self.pending_since[key]
 
-    async def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 # ------------------------------------------------------------------ calls
@@ -441,7 +439,7 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
 
 async def probe_algorand(t: AlgorandTarget, ctx: ProbeContext) -> ProbeResult:
     state: AlgorandState = ctx.state
-    return await run_blocking(ctx, state.executor,
+    return await run_blocking(ctx, state.runner,
                               lambda deadline, log, out: _probe_sync(t, state, deadline, log, out))
 
 

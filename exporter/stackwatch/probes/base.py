@@ -19,12 +19,10 @@ not a ProbeResult becomes a failed result; it never reaches the scheduler.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -73,9 +71,19 @@ class Family:
     name: str
     type: str  # gauge | counter | info-as-gauge
     help: str
+    healthy: float | None = None
+    """For a check (asset exists, account above its floor, assertion holds...): the value that
+    means the check passes.  Any other value names a failing check: a target whose probe
+    succeeds with failing checks is *degraded* on the status page."""
 
     def __post_init__(self) -> None:
         FAMILIES.setdefault(self.name, self)
+
+    def check_name(self, labels: tuple[tuple[str, str], ...] | dict[str, str]) -> str:
+        pairs = labels.items() if isinstance(labels, dict) else labels
+        short = self.name.removeprefix("stackwatch_")
+        inner = ",".join(f'{k}="{v}"' for k, v in pairs)
+        return f"{short}{{{inner}}}" if inner else short
 
 
 class DynamicFamily(Family):
@@ -120,6 +128,20 @@ def declare_families(namespace: str, metrics: list[tuple[str, str, str]]) -> dic
     return out
 
 Labels = tuple[tuple[str, str], ...]
+
+
+MAX_FAILING_CHECKS = 8
+
+
+def failing_checks(samples: list[tuple[Family, Any, float]]) -> tuple[str, ...]:
+    """Names of the checks among ``samples`` that do not have their healthy value (bounded)."""
+    out: list[str] = []
+    for fam, labels, value in samples:
+        if fam.healthy is not None and value != fam.healthy:
+            out.append(fam.check_name(labels))
+            if len(out) >= MAX_FAILING_CHECKS:
+                break
+    return tuple(out)
 
 
 @dataclass(slots=True)
@@ -214,15 +236,15 @@ BlockingProbe = Callable[[float, list[str], list[tuple[Family, dict[str, str], f
 """``fn(deadline, log, samples) -> (failure reason or None, message)``, run in a thread."""
 
 
-async def run_blocking(ctx: ProbeContext, executor: Executor, fn: BlockingProbe) -> ProbeResult:
-    """Run a blocking probe body in ``executor`` and replay its log lines and samples into
-    ``ctx``.  The body appends as it goes, so a failure half-way keeps what was learnt; it may
-    also raise :class:`ProbeFailure`."""
+async def run_blocking(ctx: ProbeContext, runner: Any, fn: BlockingProbe) -> ProbeResult:
+    """Run a blocking probe body with ``runner`` (a probes.blocking.BlockingRunner: its own
+    thread, abandoned at the deadline) and replay its log lines and samples into ``ctx``.  The
+    body appends as it goes, so a failure half-way keeps what was learnt; it may also raise
+    :class:`ProbeFailure`."""
     log: list[str] = []
     samples: list[tuple[Family, dict[str, str], float]] = []
     try:
-        reason, message = await asyncio.get_running_loop().run_in_executor(
-            executor, lambda: fn(ctx.deadline, log, samples))
+        reason, message = await runner.run(lambda: fn(ctx.deadline, log, samples), ctx.deadline)
     except ProbeFailure as exc:
         reason, message = exc.reason, exc.message
     finally:

@@ -45,8 +45,14 @@ from stackwatch.probes.base import (
     ProbeResult,
     Reason,
 )
+from stackwatch.probes.blocking import BlockingRunner
 from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
-from stackwatch.probes.jsonquery import JSONPathExpr, JSONPathField, to_number
+from stackwatch.probes.jsonquery import (
+    JSONPathExpr,
+    JSONPathField,
+    parse_json,
+    to_number,
+)
 
 # ------------------------------------------------------------------ invariants
 
@@ -227,7 +233,7 @@ class ConsistencyTarget(TargetConfig):
 
 
 VALUE = Family("stackwatch_consistency_value", "gauge", "A field's value as read from one source.")
-SRC_OK = Family("stackwatch_consistency_source_success", "gauge", "1 if the source could be read in the last probe.")
+SRC_OK = Family("stackwatch_consistency_source_success", "gauge", "1 if the source could be read in the last probe.", healthy=1)
 SRC_REASON = Family("stackwatch_consistency_source_failure_reason", "gauge",
                     "Why a source could not be read: one series with value 1 per failing source.")
 SRC_TIME = Family("stackwatch_consistency_source_duration_seconds", "gauge", "Time to read the source.")
@@ -235,12 +241,12 @@ SRC_PRIO = Family("stackwatch_consistency_source_priority", "gauge", "The source
 SRC_SERVED = Family("stackwatch_consistency_source_served", "gauge",
                     "1 for the source the application currently serves (THRESHOLDS.md M6).")
 VIOLATED = Family("stackwatch_consistency_invariant_violated", "gauge",
-                  "1 if the source's values break the invariant (THRESHOLDS.md M3, M4).")
+                  "1 if the source's values break the invariant (THRESHOLDS.md M3, M4).", healthy=0)
 SPREAD = Family("stackwatch_consistency_spread", "gauge", "Largest minus smallest value of a field across the sources read.")
 SPREAD_RATIO = Family("stackwatch_consistency_spread_ratio", "gauge",
                       "Spread divided by the largest absolute value of the field (0.05 = 5 % apart).")
 FIELD_AGREE = Family("stackwatch_consistency_field_agreement", "gauge",
-                     "1 if the sources agree on the field within its tolerance (THRESHOLDS.md M1, M2).")
+                     "1 if the sources agree on the field within its tolerance (THRESHOLDS.md M1, M2).", healthy=1)
 AGREE = Family("stackwatch_consistency_agreement", "gauge", "1 if the sources agree on every field.")
 CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "gauge",
                  "When the source's value of the field last changed (first seen, if never), for stuck sources (M5).")
@@ -253,7 +259,7 @@ class ConsistencyState(KindState):
     def __init__(self) -> None:
         self.http = HTTPClients()
         self.engines = sqldb.Engines()
-        self.executor = sqldb.new_executor("consistency")
+        self.runner = BlockingRunner("consistency-sql")
         self.history: dict[tuple[str, str, str], tuple[float, float]] = {}
         """(target, source, field) -> (last value, unix time it last changed)"""
 
@@ -264,7 +270,6 @@ class ConsistencyState(KindState):
         self.engines.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
 
     async def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
         self.engines.close()
         await self.http.close()
 
@@ -305,8 +310,8 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
         if not s.http.status_ok(resp.status):
             raise ProbeFailure(Reason.HTTP_STATUS, f"HTTP status {resp.status}")
         try:
-            doc = json.loads(resp.body)
-        except ValueError as exc:
+            doc = parse_json(resp.body)
+        except (ValueError, UnicodeDecodeError) as exc:
             raise ProbeFailure(Reason.INVALID_JSON, f"body is not valid JSON: {exc}") from None
         served = None
         if s.http.served_path is not None:
@@ -317,8 +322,7 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
         spec = s.sql
         handle = state.engines.handle_for(f"{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
                                           float(t.timeout or 5))
-        row = await asyncio.get_running_loop().run_in_executor(
-            state.executor, lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline))
+        row = await state.runner.run(lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline), ctx.deadline)
         values: dict[str, float] = {}
         for field in t.fields:
             if field in row and row[field] is not None:

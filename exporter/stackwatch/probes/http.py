@@ -7,7 +7,6 @@ Gatus-style assertions (``$.status == healthy``) and chosen fields can become an
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -24,7 +23,12 @@ from stackwatch.probes.base import (
     sanitize_label_value,
 )
 from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
-from stackwatch.probes.jsonquery import Assertion, JSONPathField, compile_assertion
+from stackwatch.probes.jsonquery import (
+    Assertion,
+    JSONPathField,
+    compile_assertion,
+    parse_json,
+)
 
 
 def _regexp(v: Any) -> re.Pattern[str]:
@@ -69,7 +73,7 @@ CERT = Family("stackwatch_http_tls_cert_expiry_timestamp_seconds", "gauge",
               "Expiry of the server's leaf TLS certificate, as a Unix timestamp.")
 TLSVER = Family("stackwatch_http_tls_version_info", "gauge", "TLS version negotiated by the last request.")
 ASSERT = Family("stackwatch_http_assertion_success", "gauge",
-                "1 if the JSON assertion held on the last response body, 0 if not.")
+                "1 if the JSON assertion held on the last response body, 0 if not.", healthy=1)
 INFO = Family("stackwatch_http_body_info", "gauge", "Fields of the JSON body chosen in the target's info block.")
 
 
@@ -107,7 +111,7 @@ async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
     if not (t.assertions or t.info):
         return ctx.success()
     try:
-        doc = json.loads(resp.body)
+        doc = parse_json(resp.body)
     except (ValueError, UnicodeDecodeError) as exc:
         for a in t.assertions:
             ctx.sample(ASSERT, 0, assertion=a.text)

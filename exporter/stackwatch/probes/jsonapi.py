@@ -12,7 +12,6 @@ exports none of them, so memory never grows with a misbehaving API.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -42,6 +41,7 @@ from stackwatch.probes.jsonquery import (
     JSONPathExpr,
     JSONPathField,
     compile_path,
+    parse_json,
     to_number,
 )
 
@@ -167,7 +167,7 @@ async def probe_json(t: JSONTarget, ctx: ProbeContext) -> ProbeResult:
     except ProbeFailure as exc:
         return ctx.failure(exc.reason, exc.message)
     try:
-        doc = json.loads(resp.body)
+        doc = parse_json(resp.body)
     except (ValueError, UnicodeDecodeError) as exc:
         return ctx.failure(Reason.INVALID_JSON, f"body is not valid JSON: {exc}")
 

@@ -233,3 +233,11 @@ def to_number(value: Any, value_map: dict[str, float] | None = None, default: fl
             raise ValueError(f'expected a number, got "{sanitize_label_value(value)[:40]}"{known}') from None
     kind = "null" if value is None else "an object" if isinstance(value, dict) else "an array"
     raise ValueError(f"expected a number, got {kind}")
+
+
+def parse_json(body: bytes | str) -> Any:
+    """A response body as JSON; ValueError (never RecursionError) for anything that is not."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("nesting is too deep (about 1,000 levels or more)") from None

@@ -27,6 +27,8 @@ from typing import Any
 import httpx
 
 MAX_HEADER_BYTES = 64 * 1024
+MAX_CHUNK_LINE = 4096
+"""A chunk-size line (hex size plus extensions) longer than this is a protocol error."""
 _READ_HIGH_WATER = 256 * 1024
 
 
@@ -62,6 +64,7 @@ class _ResponseProtocol(asyncio.Protocol):
         self._mode = "close"  # length | chunked | close | none
         self._remaining = 0
         self._chunk_state = "size"
+        self._trailer_bytes = 0
         self.body_complete = False
 
     # -- asyncio callbacks
@@ -160,8 +163,10 @@ class _ResponseProtocol(asyncio.Protocol):
         buf = self._buf
         while True:
             if self._chunk_state == "size":
-                end = buf.find(b"\r\n")
+                end = buf.find(b"\r\n", 0, MAX_CHUNK_LINE + 2)
                 if end < 0:
+                    if len(buf) > MAX_CHUNK_LINE:  # an endless chunk-size line: refuse, don't buffer it
+                        self._fail(httpx.RemoteProtocolError(f"chunk-size line longer than {MAX_CHUNK_LINE} bytes"))
                     return
                 size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
                 try:
@@ -190,8 +195,14 @@ class _ResponseProtocol(asyncio.Protocol):
                 del buf[:2]
                 self._chunk_state = "size"
             else:  # trailer: ends at an empty line
-                end = buf.find(b"\r\n")
+                end = buf.find(b"\r\n", 0, MAX_HEADER_BYTES + 2)
                 if end < 0:
+                    if len(buf) > MAX_HEADER_BYTES:
+                        self._fail(httpx.RemoteProtocolError(f"trailer line longer than {MAX_HEADER_BYTES} bytes"))
+                    return
+                self._trailer_bytes += end + 2
+                if self._trailer_bytes > MAX_HEADER_BYTES:
+                    self._fail(httpx.RemoteProtocolError(f"trailers longer than {MAX_HEADER_BYTES} bytes"))
                     return
                 del buf[: end + 2]
                 if end == 0:

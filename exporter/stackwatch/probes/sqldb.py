@@ -23,7 +23,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +37,6 @@ from stackwatch.redact import MASK, EnvStr, is_secret_name
 POOL_WORKERS = 16
 
 
-def new_executor(name: str) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=POOL_WORKERS, thread_name_prefix=f"stackwatch-{name}")
 
 
 
@@ -256,6 +253,10 @@ def classify(error: BaseException, timed_out: bool = False) -> tuple[Reason, str
         return Reason.UNKNOWN_DATABASE, f"unknown database: {msg}"
     if "too many connections" in low or code == 1040 or sqlstate == "53300":
         return Reason.TOO_MANY_CONNECTIONS, f"the server refuses new connections: {msg}"
+    if ("server does not support ssl" in low or "ssl negotiation" in low or "ssl connection" in low
+            or "ssl error" in low or "certificate verify failed" in low or "tls" in low.split(":")[0]
+            or code in (2026,) or "ssl is required" in low):
+        return Reason.TLS, f"TLS with the database failed: {msg}"
     if "connection refused" in low or code == 2003 and "refused" in low:
         return Reason.CONNECTION_REFUSED, "connection refused"
     if "failed to resolve host" in low or "name or service not known" in low or "name resolution" in low \
