@@ -47,6 +47,9 @@ class Receivers:
             self.telegram.append((time.time(), token, {"method": method, **body}))
             if method != "sendMessage":
                 return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+            if not str(body.get("text", "")).strip():  # what the real Bot API answers to an empty message
+                return web.json_response({"ok": False, "error_code": 400,
+                                          "description": "Bad Request: message text is empty"}, status=400)
             chat_id = int(body.get("chat_id", 0))
             return web.json_response({"ok": True, "result": {
                 "message_id": len(self.telegram), "date": int(time.time()),

@@ -56,27 +56,33 @@ def write_private(dest: Path, text: str) -> Path:
     return dest
 
 
-def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None = None,
-                        webhook_url: str | None = None, fast: bool = False, email: bool = True) -> Path:
-    """alertmanager/alertmanager.yml, made runnable by Debian's Alertmanager 0.25.
-
-    0.25 has no bot_token_file, so the token goes inline and the file is written 0600.  ``fast`` scales the route timers
-    down (for tests and the demo); ``email=False`` drops the e-mail integration (no SMTP here).
-    """
-    doc: dict[str, Any] = yaml.safe_load((bundle_dir("alertmanager") / "alertmanager.yml").read_text())
-    doc["templates"] = [str(bundle_dir("alertmanager") / "templates" / "*.tmpl")]
+def alertmanager_config(*, bundle: Path | None = None, bot_token: str | None = None,
+                        bot_token_file: str | None = None, telegram_api_url: str | None = None,
+                        webhook_url: str | None = None, email: bool = True, fast: bool = False) -> dict[str, Any]:
+    """The bundle's alertmanager.yml made runnable where it is: ``templates`` points at the
+    template files by absolute path (checked to exist: a missing template makes every Telegram
+    message empty, which the Bot API rejects), and the Telegram token is either a file path
+    (Alertmanager >= 0.26) or inline (``bot_token``: Debian's 0.25 has no bot_token_file)."""
+    am_dir = (bundle / "alertmanager") if bundle is not None else bundle_dir("alertmanager")
+    source = am_dir / "alertmanager.yml"
+    templates = sorted((am_dir / "templates").glob("*.tmpl"))
+    if not source.is_file() or not templates:
+        raise FileNotFoundError(f"{am_dir} lacks alertmanager.yml or templates/*.tmpl; write the bundle first "
+                                "(stackwatch bundle DIR)")
+    doc: dict[str, Any] = yaml.safe_load(source.read_text())
+    doc["templates"] = [str((am_dir / "templates").resolve() / "*.tmpl")]
     for receiver in doc["receivers"]:
         for tg in receiver.get("telegram_configs", []):
-            tg.pop("bot_token_file")
-            tg["bot_token"] = bot_token
+            if bot_token is not None:
+                tg.pop("bot_token_file", None)
+                tg["bot_token"] = bot_token
+            elif bot_token_file is not None:
+                tg["bot_token_file"] = str(Path(bot_token_file).resolve())
             if telegram_api_url:
                 tg["api_url"] = telegram_api_url
         for wh in receiver.get("webhook_configs", []):
             if webhook_url:
                 wh["url"] = webhook_url
-        for em in receiver.get("email_configs", []):
-            em.pop("auth_password_file")
-            em["auth_password"] = "placeholder-smtp-password"
         if not email:
             receiver.pop("email_configs", None)
     if fast:
@@ -84,6 +90,19 @@ def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None
             for key, value in (("group_wait", "1s"), ("group_interval", "2s"), ("repeat_interval", "1h")):
                 if key in route or route is doc["route"]:
                     route[key] = value
+    return doc
+
+
+def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None = None,
+                        webhook_url: str | None = None, fast: bool = False, email: bool = True) -> Path:
+    """For Debian's Alertmanager 0.25 (tests, the demo): token inline, file written 0600.
+    ``fast`` scales the route timers down; ``email=False`` drops the e-mail integration."""
+    doc = alertmanager_config(bot_token=bot_token, telegram_api_url=telegram_api_url, webhook_url=webhook_url,
+                              email=email, fast=fast)
+    for receiver in doc["receivers"]:
+        for em in receiver.get("email_configs", []):
+            em.pop("auth_password_file", None)
+            em["auth_password"] = "placeholder-smtp-password"
     return write_private(dest, yaml.safe_dump(doc, sort_keys=False))
 
 

@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Prometheus exporter for HTTP services, JSON APIs, SQL databases, Algorand and consistency checks.",
         epilog="Subcommands: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error);\n"
                "stackwatch demo [--with-prometheus]  (a simulated platform with typical failures, watched);\n"
-               "stackwatch bundle DIR  (write the rules, Alertmanager config, dashboards and example config).",
+               "stackwatch bundle DIR  (write the rules, Alertmanager config, dashboards and example config);\n"
+               "stackwatch alertmanager-config --out FILE --bot-token-file F [--inline-token]  (runnable config).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
@@ -56,6 +57,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _alertmanager_config(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="stackwatch alertmanager-config",
+                                description="Write the bundle's Alertmanager config, runnable where it is written.")
+    p.add_argument("--out", required=True, help="the file to write (mode 0600: it may hold the bot token)")
+    p.add_argument("--bundle", default=None, help="a folder written by `stackwatch bundle` (default: the installed one)")
+    p.add_argument("--bot-token-file", required=True, help="file holding the Telegram bot token")
+    p.add_argument("--inline-token", action="store_true",
+                   help="put the token in the config (Alertmanager 0.25 has no bot_token_file)")
+    p.add_argument("--webhook-url", default=None)
+    p.add_argument("--telegram-api-url", default=None, help="another Bot API server (default: api.telegram.org)")
+    p.add_argument("--no-email", action="store_true", help="drop the e-mail integration")
+    args = p.parse_args(argv)
+    import yaml
+
+    from stackwatch.bundle import alertmanager_config, write_private
+
+    token = None
+    if args.inline_token:
+        try:
+            token = Path(args.bot_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            print(f"stackwatch: cannot read --bot-token-file {args.bot_token_file}: {exc.strerror}", file=sys.stderr)
+            return 1
+        if not token:
+            print(f"stackwatch: --bot-token-file {args.bot_token_file} is empty", file=sys.stderr)
+            return 1
+    try:
+        doc = alertmanager_config(bundle=Path(args.bundle) if args.bundle else None, bot_token=token,
+                                  bot_token_file=None if token else args.bot_token_file,
+                                  telegram_api_url=args.telegram_api_url, webhook_url=args.webhook_url,
+                                  email=not args.no_email)
+    except FileNotFoundError as exc:
+        print(f"stackwatch: {exc}", file=sys.stderr)
+        return 1
+    write_private(Path(args.out), yaml.safe_dump(doc, sort_keys=False))
+    print(f"wrote {args.out} (templates: {doc['templates'][0]})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "demo":
@@ -71,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         files = export(Path(argv[1]))
         print(f"wrote {len(files)} files of the monitoring bundle to {argv[1]}")
         return 0
+    if argv and argv[0] == "alertmanager-config":
+        return _alertmanager_config(argv[1:])
     if argv and argv[0] == "check-config":
         if len(argv) != 2:
             print("usage: stackwatch check-config FILE", file=sys.stderr)
