@@ -128,14 +128,16 @@ class Prometheus(Process):
     """Debian's prometheus with a temp config and data dir; query helpers over its HTTP API."""
 
     def __init__(self, tmp: Path, scrape_configs: list[dict[str, Any]], rule_files: list[str] | None = None,
-                 alertmanagers: list[str] | None = None, evaluation_interval: str = "1s"):
+                 alertmanagers: list[str] | None = None, evaluation_interval: str = "1s",
+                 scrape_interval: str = "1s"):
         binary = require_binary("prometheus")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.dir = tmp / f"prometheus-{self.port}"
         self.dir.mkdir()
         config: dict[str, Any] = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": evaluation_interval},
+            "global": {"scrape_interval": scrape_interval, "scrape_timeout": "900ms",
+                       "evaluation_interval": evaluation_interval},
             "scrape_configs": scrape_configs,
         }
         if rule_files:

@@ -93,6 +93,30 @@ def alertmanager_config(*, bundle: Path | None = None, bot_token: str | None = N
     return doc
 
 
+def _seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    m = re.fullmatch(r"(\d+)(ms|s|m|h)", text)
+    if m is None:
+        raise ValueError(f"unexpected duration {text!r}")
+    return int(m.group(1)) * units[m.group(2)]
+
+
+def scale_alertmanager(doc: dict[str, Any], divisor: int) -> dict[str, Any]:
+    """Every route timer (group_wait, group_interval, repeat_interval, inherited ones included)
+    divided by ``divisor``: the same order of events, faster."""
+    defaults = {"group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h"}
+
+    def walk(route: dict[str, Any], inherited: dict[str, str]) -> None:
+        own = {k: route.get(k, inherited[k]) for k in defaults}
+        for key, value in own.items():
+            route[key] = f"{max(1, round(_seconds(value) * 1000 / divisor))}ms"
+        for child in route.get("routes", []):
+            walk(child, own)
+
+    walk(doc["route"], defaults)
+    return doc
+
+
 def render_alertmanager(dest: Path, bot_token: str, telegram_api_url: str | None = None,
                         webhook_url: str | None = None, fast: bool = False, email: bool = True) -> Path:
     """For Debian's Alertmanager 0.25 (tests, the demo): token inline, file written 0600.

@@ -1,0 +1,191 @@
+"""One incident, one page, with the right alert, severity and numbers: a live run of the whole
+bundle (stackwatch, Prometheus with the shipped recording and alert rules, Alertmanager with the
+shipped routes and inhibitions) on a simulated platform in the documented failure states.
+
+Every timer is divided by one factor (10), so their order is the shipped one: probe interval and
+scrape and evaluation intervals 15 s -> 1.5 s, every rule's `for` / 10, every route's group_wait,
+group_interval and repeat_interval / 10.  The receivers are a real webhook server and a stand-in
+Telegram Bot API that refuses empty messages (api.telegram.org cannot be reached from here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from harness import (
+    Prometheus,
+    Stackwatch,
+    require_binary,
+    stackwatch_scrape,
+    wait_until,
+)
+from receivers import Receivers, dump
+from stackwatch import bundle
+from targets import LoopThread, free_port
+from test_alerting import Alertmanager
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTOR = 10
+TOKEN = "b" * 64
+
+# (alertname, target) -> (severity, a piece of the description that carries the right value)
+EXPECTED = {
+    ("StackwatchTargetDown", "checkout"): ("critical", "checkout (http probe) has failed every probe for at least 30s, "
+                                                       "reason connection_refused"),
+    ("StackwatchDatabaseNotConfigured", "esg-db"): ("critical", "The database URL of esg-db is empty"),
+    ("StackwatchDatabaseSchemaMissing", "trading-db"): ("critical", "missing strategies.strategy_type"),
+    ("StackwatchInvariantViolated", "models"): ("critical", 'Source buggy of models breaks "active <= total"'),
+    ("StackwatchAlgorandAssetMissing", "chain"): ("critical", "token"),
+    ("StackwatchAlgorandAccountUnderfunded", "chain"): ("critical", "admin"),
+}
+
+
+def platform(tmp: Path, servers, algod: FakeAlgorand, checkout_port: int) -> Path:
+    import sqlite3
+
+    trading = tmp / "trading.db"
+    db = sqlite3.connect(trading)
+    db.execute("CREATE TABLE strategies (id INTEGER PRIMARY KEY, name TEXT)")  # no strategy_type
+    db.commit()
+    db.close()
+    (tmp / "models.json").write_text('{"total": 63, "active": 51}')
+    (tmp / "buggy.json").write_text('{"total": 63, "active": 127}')
+    interval = 15 / FACTOR
+    cfg = tmp / "platform.yml"
+    cfg.write_text(f"""defaults: {{interval: {int(interval * 1000)}ms, timeout: 1s}}
+targets:
+  - {{name: catalog, kind: http, url: "{servers.url('/health')}"}}
+  - {{name: checkout, kind: http, url: "http://127.0.0.1:{checkout_port}/health"}}
+  - {{name: esg-db, kind: sql, url: ""}}
+  - name: trading-db
+    kind: sql
+    url: "sqlite:///{trading}"
+    schema: {{tables: [{{name: strategies, columns: [id, name, strategy_type]}}]}}
+  - name: models
+    kind: consistency
+    fields: [total, active]
+    invariants: ["active <= total"]
+    tolerance: {{absolute: 100}}
+    sources:
+      - {{name: database, file: {{path: "{tmp / 'models.json'}", fields: {{total: $.total, active: $.active}}}}}}
+      - {{name: buggy, file: {{path: "{tmp / 'buggy.json'}", fields: {{total: $.total, active: $.active}}}}}}
+  - name: chain
+    kind: algorand
+    algod_url: {algod.algod_url}
+    algod_token: "${{TRUTH_ALGOD_TOKEN}}"
+    network: testnet-v1.0
+    accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
+    assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}}}]
+""")
+    return cfg
+
+
+class Checkout:
+    """The checkout service: not running at first (connection refused), started to recover."""
+
+    def __init__(self) -> None:
+        self.lt = LoopThread()
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    def start(self) -> None:
+        async def health(_: web.Request) -> web.Response:
+            return web.json_response({"status": "healthy"})
+
+        async def go() -> None:
+            app = web.Application()
+            app.router.add_get("/health", health)
+            self.runner = web.AppRunner(app, access_log=None)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        self.lt.run(go())
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.lt.run(self.runner.cleanup())
+        self.lt.close()
+
+
+def firing_pairs(receivers: Receivers) -> Counter[tuple[str, str]]:
+    """How many webhook notifications carried each (alertname, target) as a new firing alert."""
+    seen: Counter[tuple[str, str]] = Counter()
+    for _, payload in list(receivers.webhook):
+        if payload.get("status") != "firing":
+            continue
+        for alert in payload["alerts"]:
+            if alert["status"] == "firing":
+                seen[(alert["labels"]["alertname"], alert["labels"].get("target", ""))] += 1
+    return seen
+
+
+def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
+    require_binary("prometheus")
+    algod = FakeAlgorand(TOKEN)
+    algod.reset(seed_000_state(TOKEN))
+    checkout = Checkout()
+    receivers = Receivers()
+    procs: list[Any] = []
+    try:
+        am_doc = bundle.scale_alertmanager(
+            bundle.alertmanager_config(bot_token="4242:truth", telegram_api_url=receivers.telegram_api_url,
+                                       webhook_url=receivers.webhook_url, email=False), FACTOR)
+        am_cfg = bundle.write_private(tmp_path / "am.yml", yaml.safe_dump(am_doc, sort_keys=False))
+        am = Alertmanager(tmp_path, am_cfg)
+        procs.append(am)
+        sw = Stackwatch(platform(tmp_path, servers, algod, checkout.port), tmp_path,
+                        env={"TRUTH_ALGOD_TOKEN": TOKEN})
+        procs.append(sw)
+        rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
+                 str(bundle.scaled_alert_rules(tmp_path / "alerts.yml", divisor=FACTOR))]
+        step = f"{int(15000 / FACTOR)}ms"
+        prom = Prometheus(tmp_path, [stackwatch_scrape(sw)], rule_files=rules, alertmanagers=[f"127.0.0.1:{am.port}"],
+                          evaluation_interval=step, scrape_interval=step)
+        procs.append(prom)
+        started = time.time()
+
+        def all_arrived() -> bool:
+            pairs = firing_pairs(receivers)
+            return all(pairs.get(k) for k in EXPECTED)
+
+        wait_until(all_arrived, 120, "a page for every failure state")
+        arrived_after = time.time() - started
+        # Two critical group_intervals more: nothing else may arrive, and nothing twice.
+        time.sleep(2 * 60 / FACTOR + 2)
+        pairs = firing_pairs(receivers)
+        pages = {k: v for k, v in pairs.items() if k[0] != "StackwatchWatchdog"}
+        assert set(pages) == set(EXPECTED), f"unexpected or missing pages: {sorted(set(pages) ^ set(EXPECTED))}"
+        assert all(n == 1 for n in pages.values()), f"a page was sent more than once: {pages}"
+        for _, payload in receivers.webhook:
+            for alert in payload["alerts"]:
+                key = (alert["labels"]["alertname"], alert["labels"].get("target", ""))
+                if key in EXPECTED:
+                    severity, text = EXPECTED[key]
+                    assert alert["labels"]["severity"] == severity, key
+                    assert text in alert["annotations"]["description"], (key, alert["annotations"]["description"])
+        texts = receivers.telegram_texts()
+        assert texts and all(t.strip() for t in texts)
+        # Recovery: the checkout service starts; its page resolves.
+        checkout.start()
+        up_at = time.time()
+        wait_until(lambda: receivers.webhook_alerts("StackwatchTargetDown", "resolved"), 60, "resolved page")
+        resolved_after = time.time() - up_at
+        wait_until(lambda: [t for t in receivers.telegram_texts() if t.startswith("✅")], 30, "resolved on Telegram")
+        print(f"\nall {len(EXPECTED)} pages within {arrived_after:.0f}s (scaled /{FACTOR}); "
+              f"resolved {resolved_after:.0f}s after recovery; pages: {dict(pages)}")
+    except AssertionError:
+        for p in procs:
+            print(f"--- {p.log_path.name}\n{p.log()[-2000:]}")
+        print("--- webhook\n" + dump([(a["labels"], a["status"]) for _, pl in receivers.webhook for a in pl["alerts"]]))
+        raise
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        receivers.close()
+        checkout.close()
+        algod.close()
