@@ -25,3 +25,17 @@ async def close_probe_state():
     import probing
 
     await probing.close_clients()
+
+
+def pytest_report_header(config):
+    import shutil
+    import subprocess
+
+    out = []
+    for name in ("prometheus", "prometheus-alertmanager", "promtool"):
+        path = shutil.which(name)
+        if path:
+            first = subprocess.run([path, "--version"], capture_output=True, text=True).stdout or ""
+            first = first.splitlines()[0] if first else "?"
+            out.append(f"{name}: {path}: {first}")
+    return out

@@ -35,4 +35,13 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+
+# The same end-to-end, alerting and dashboard tests again against the releases users run now:
+# Prometheus 3.5 LTS and Alertmanager 0.33, unpacked from Debian testing into .peers/ (no system
+# install).  Skipped only when specific tests were asked for.
+for arg in "$@"; do case "$arg" in -*) ;; *) exit 0 ;; esac; done
+peers_bin="$(bash tools/fetch-peers.sh)"
+PATH="$peers_bin:$PATH" exec .venv/bin/python -m pytest "$@" tests/test_e2e.py tests/test_alerting.py \
+  tests/test_dashboards.py tests/test_alert_truth.py tests/test_documented_paths.py tests/test_latency_buckets.py \
+  tests/test_sharding.py

@@ -24,9 +24,11 @@ log = logging.getLogger("stackwatch")
 
 class Exporter:
     def __init__(self, config_path: str | Path, config: Config, kinds: Mapping[str, ProbeKind] | None = None,
-                 web_config_path: str | None = None, web: WebConfig | None = None):
+                 web_config_path: str | None = None, web: WebConfig | None = None, shard: tuple[int, int] = (0, 1)):
         self.config_path = str(config_path)
-        self.config = config
+        self.shard = shard
+        """(index, count): this replica probes only the targets of its shard (Config.shard)."""
+        self.config = config.shard(*shard)
         self.web_config_path = web_config_path
         self.web = web or WebConfig()
         self.web_ssl: ssl.SSLContext | None = None
@@ -64,7 +66,8 @@ class Exporter:
         await self.probers.close()
 
     def _load(self) -> tuple[Config, WebConfig]:
-        return (load_config(self.config_path, kinds=self.kinds), load_web_config(self.web_config_path))
+        return (load_config(self.config_path, kinds=self.kinds).shard(*self.shard),
+                load_web_config(self.web_config_path))
 
     async def reload(self) -> tuple[bool, str]:
         """Load the config (and web config) files again, in a thread, so serving and probing go

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -49,12 +52,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send a request's head (default: %(default)s)")
     p.add_argument("--web.idle-timeout", dest="idle_timeout", type=float, default=60.0,
                    help="seconds an idle keep-alive connection stays open (default: %(default)s)")
+    p.add_argument("--shard.index", dest="shard_index", default=os.environ.get("STACKWATCH_SHARD_INDEX", "0"),
+                   help="this replica's shard, 0 .. count-1 (env STACKWATCH_SHARD_INDEX; 'hostname' takes the "
+                        "number at the end of the host name, as a Kubernetes StatefulSet ordinal)")
+    p.add_argument("--shard.count", dest="shard_count", type=int,
+                   default=int(os.environ.get("STACKWATCH_SHARD_COUNT", "1")),
+                   help="replicas sharing the config; each probes only its shard's targets (default: %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--config.check", dest="config_check", action="store_true",
                    help="validate the config file and exit, like check-config")
     p.add_argument("--version", action="version", version=f"stackwatch {__version__}")
     return p
+
+
+def _shard(index: str, count: int) -> tuple[int, int]:
+    if index == "hostname":
+        m = re.search(r"(\d+)$", socket.gethostname())
+        if m is None:
+            raise ValueError(f"--shard.index hostname: the host name {socket.gethostname()!r} does not end in a number")
+        index = m.group(1)
+    if not index.isdigit() or count < 1 or int(index) >= count:
+        raise ValueError(f"--shard.index must be a number from 0 to --shard.count - 1 ({count - 1}), got {index!r}")
+    return int(index), count
 
 
 def _alertmanager_config(argv: list[str]) -> int:
@@ -136,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    try:
+        shard = _shard(args.shard_index, args.shard_count)
+    except ValueError as exc:
+        print(f"stackwatch: {exc}", file=sys.stderr)
+        return 2
     limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                     idle_timeout=max(0.5, args.idle_timeout))
     try:
-        asyncio.run(serve(Exporter(args.config_file, config, web_config_path=args.web_config, web=web),
+        asyncio.run(serve(Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard),
                           args.listen, args.enable_lifecycle, limits))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)

@@ -217,6 +217,12 @@ class _LiveCollector:
         for kind, n in sorted(counts.items()):
             targets.add_metric([kind], n)
         yield targets
+        index, count = getattr(ex, "shard", (0, 1))
+        shard = GaugeMetricFamily("stackwatch_shard_info",
+                                  "This replica's shard: it probes the targets whose name hashes to index, of count.",
+                                  labels=["index", "count"])
+        shard.add_metric([str(index), str(count)], 1)
+        yield shard
         sched = ex.scheduler  # type: ignore[attr-defined]
         yield GaugeMetricFamily("stackwatch_probes_in_flight", "Probes running right now.",
                                 value=sched.in_flight if sched else 0)

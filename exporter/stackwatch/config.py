@@ -16,6 +16,7 @@ A config that loads is valid: probes never re-check their own settings.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -207,6 +208,11 @@ class _TopLevel(Model):
     targets: list[dict[str, Any]] = Field(default_factory=list)
 
 
+def shard_of(name: str, count: int) -> int:
+    """The shard (0 .. count-1) a target name belongs to."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") % count
+
+
 @dataclass(frozen=True)
 class Config:
     """A loaded, validated config: targets have their interval, timeout and labels resolved."""
@@ -221,6 +227,15 @@ class Config:
             if t.name == name:
                 return t
         return None
+
+    def shard(self, index: int, count: int) -> Config:
+        """The targets this replica probes when ``count`` replicas share the config: each target
+        belongs to exactly one shard, by a stable hash of its name (the same on every replica
+        and across restarts; unrelated to the probe phase)."""
+        if count <= 1:
+            return self
+        mine = tuple(t for t in self.targets if shard_of(t.name, count) == index)
+        return Config(self.defaults, self.scheduler, mine, self.source)
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}
