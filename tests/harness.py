@@ -129,7 +129,7 @@ class Prometheus(Process):
 
     def __init__(self, tmp: Path, scrape_configs: list[dict[str, Any]], rule_files: list[str] | None = None,
                  alertmanagers: list[str] | None = None, evaluation_interval: str = "1s",
-                 scrape_interval: str = "1s"):
+                 scrape_interval: str = "1s", extra_args: list[str] | None = None):
         binary = require_binary("prometheus")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -147,7 +147,8 @@ class Prometheus(Process):
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
                           f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                          "--web.enable-lifecycle", "--log.level=warn"], self.dir / "prometheus.log")
+                          "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
+                         self.dir / "prometheus.log")
         try:
             wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, "prometheus /-/ready")
         except AssertionError:

@@ -44,4 +44,4 @@ for arg in "$@"; do case "$arg" in -*) ;; *) exit 0 ;; esac; done
 peers_bin="$(bash tools/fetch-peers.sh)"
 PATH="$peers_bin:$PATH" exec .venv/bin/python -m pytest "$@" tests/test_e2e.py tests/test_alerting.py \
   tests/test_dashboards.py tests/test_alert_truth.py tests/test_documented_paths.py tests/test_latency_buckets.py \
-  tests/test_sharding.py
+  tests/test_sharding.py tests/test_distributed.py
