@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,13 @@ def test_content_negotiation_follows_q_values_and_escaping():
     assert negotiate("application/openmetrics-text;version=9.9.9").openmetrics is False
     assert negotiate("application/openmetrics-text;escaping=underscores").escaping == "underscores"
     assert negotiate("application/openmetrics-text;escaping=bogus").escaping is None
+
+
+def test_the_documented_accept_table_is_what_is_served():
+    from stackwatch.collector import negotiate
+
+    rows = re.findall(r"^\| (.+?) \| `(.+?)` \|$", (ROOT / "docs" / "exposition.md").read_text(), re.M)
+    assert len(rows) >= 8
+    for accept, served in rows:
+        header = "" if accept == "(none)" else accept.split("`")[1]
+        assert negotiate(header).content_type == served, accept
