@@ -5,6 +5,12 @@ RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nolog
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
+# The monitoring bundle ships inside the package (stackwatch bundle DIR writes it out).
+COPY prometheus ./prometheus
+COPY alertmanager/alertmanager.yml ./alertmanager/alertmanager.yml
+COPY alertmanager/templates ./alertmanager/templates
+COPY grafana ./grafana
+COPY examples ./examples
 RUN pip install --no-cache-dir . && rm -rf /src/build
 
 USER stackwatch

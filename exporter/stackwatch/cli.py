@@ -131,6 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         files = export(Path(argv[1]))
         print(f"wrote {len(files)} files of the monitoring bundle to {argv[1]}")
         return 0
+    if argv and argv[0] == "kubernetes-manifests":
+        kp = argparse.ArgumentParser(prog="stackwatch kubernetes-manifests")
+        kp.add_argument("dir")
+        kp.add_argument("--namespace", default="monitoring")
+        kp.add_argument("--replicas", type=int, default=2)
+        kp.add_argument("--image", default=None)
+        kargs = kp.parse_args(argv[1:])
+        from stackwatch.kubernetes import write
+
+        for path in write(Path(kargs.dir), namespace=kargs.namespace, replicas=max(1, kargs.replicas),
+                          image=kargs.image):
+            print(f"wrote {path}")
+        return 0
     if argv and argv[0] == "alertmanager-config":
         return _alertmanager_config(argv[1:])
     if argv and argv[0] == "check-config":
