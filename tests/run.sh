@@ -9,7 +9,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # Real Prometheus, Alertmanager and docker-compose from Debian (tests start the binaries).
 missing=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
-            amtool:prometheus-alertmanager docker-compose:docker-compose systemd-analyze:systemd; do
+            amtool:prometheus-alertmanager docker-compose:docker-compose systemd-analyze:systemd \
+            chromium:chromium; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

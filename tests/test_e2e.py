@@ -272,13 +272,13 @@ def test_status_page_lists_every_target_with_reason(stack):
     page = wait_until(lambda: (lambda p: "HTTP status 500" in p and p)(http_get(sw.base + "/")[2].decode()), 10,
                       "the status page with results")
     for name in ("healthy", "broken-500", "degraded", "refused", "hangs", "tls", "energy", "trading-db", "ai-go-models", "pam-talk-chain"):
-        assert f"<td>{name}</td>" in page
+        assert f"'targets/{name}'>{name}</a></td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
     # The chain target is reachable but its token does not exist and its admin holds 0 ALGO:
     # degraded, with the failing checks named (not a plain "up").
     def chain_row() -> str:
         text = http_get(sw.base + "/")[2].decode()
-        return next((row for row in text.split("<tr") if "<td>pam-talk-chain</td>" in row), "")
+        return next((row for row in text.split("<tr") if ">pam-talk-chain</a></td>" in row), "")
     row = wait_until(lambda: "degraded" in chain_row() and chain_row(), 10, "the chain target degraded")
     assert "class='degraded'" in row
     assert 'algorand_asset_exists{asset="pam-token"}' in html.unescape(row)

@@ -17,6 +17,7 @@ from stackwatch.listener import Stats
 from stackwatch.probes.base import ProbeKind
 from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
+from stackwatch.statuspage import Remotes
 from stackwatch.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("stackwatch")
@@ -34,6 +35,8 @@ class Exporter:
         self.web_ssl: ssl.SSLContext | None = None
         """The listening socket's TLS context, updated in place when a reload changes the files."""
         self.listener_stats = Stats()
+        self.remotes = Remotes()
+        """Prometheus and Alertmanager the status page reads history and alerts from (optional)."""
         self._reloading: asyncio.Lock | None = None
         self.kinds = dict(kinds) if kinds is not None else builtin_kinds()
         self.probers = Probers(self.kinds)
@@ -64,6 +67,7 @@ class Exporter:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.probers.close()
+        await self.remotes.close()
 
     def _load(self) -> tuple[Config, WebConfig]:
         return (load_config(self.config_path, kinds=self.kinds).shard(*self.shard),

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send a request's head (default: %(default)s)")
     p.add_argument("--web.idle-timeout", dest="idle_timeout", type=float, default=60.0,
                    help="seconds an idle keep-alive connection stays open (default: %(default)s)")
+    p.add_argument("--prometheus.url", dest="prometheus_url", default=None,
+                   help="Prometheus to read the status page's history from (default: memory since start)")
+    p.add_argument("--alertmanager.url", dest="alertmanager_url", default=None,
+                   help="Alertmanager whose active alerts the status page shows")
     p.add_argument("--shard.index", dest="shard_index", default=os.environ.get("STACKWATCH_SHARD_INDEX", "0"),
                    help="this replica's shard, 0 .. count-1 (env STACKWATCH_SHARD_INDEX; 'hostname' takes the "
                         "number at the end of the host name, as a Kubernetes StatefulSet ordinal)")
@@ -176,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                     idle_timeout=max(0.5, args.idle_timeout))
+    exporter = Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard)
+    exporter.remotes.prometheus = args.prometheus_url
+    exporter.remotes.alertmanager = args.alertmanager_url
     try:
-        asyncio.run(serve(Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard),
-                          args.listen, args.enable_lifecycle, limits))
+        asyncio.run(serve(exporter, args.listen, args.enable_lifecycle, limits))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -15,10 +15,11 @@ import signal
 import time
 from typing import Any
 
+import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from stackwatch import __version__
+from stackwatch import statuspage as sp
 from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
@@ -117,41 +118,107 @@ async def reload_wrong_method(request: web.Request) -> web.Response:
     return web.Response(status=405, text="use POST /-/reload\n", headers={"Allow": "POST"})
 
 
+async def _alerts(ex: Exporter) -> list[dict[str, Any]] | None:
+    if not ex.remotes.alertmanager:
+        return None
+    try:
+        return await ex.remotes.alerts()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
+    states = list(ex.store.states.values())
+    counts: dict[str, int] = {}
+    for st in states:
+        counts[sp.target_state(st, now)[0]] = counts.get(sp.target_state(st, now)[0], 0) + 1
+    order = {"down": 0, "stale": 1, "degraded": 2, "pending": 3, "up": 4}
+    states.sort(key=lambda st: (order[sp.target_state(st, now)[0]], st.target.name))
+    try:
+        page_no = max(0, int(request.query.get("page", "0")))
+    except ValueError:
+        page_no = 0
+    shown = states[page_no * sp.PAGE_SIZE:(page_no + 1) * sp.PAGE_SIZE]
+    hist, alerts = await asyncio.gather(sp.histories(ex.store, ex.remotes, [st.target.name for st in shown]),
+                                        _alerts(ex))
     rows = []
-    for state in ex.store.states.values():
-        t, r = state.target, state.result
-        if r is None:
-            status, reason, when, took = "pending", "", "never", ""
-        else:
-            status = r.state(now, float(t.interval or 15))
-            if status == "down":
-                reason = f"{r.reason.value}: {r.message}" if r.reason else r.message
-            elif status == "degraded":
-                reason = "failing checks: " + ", ".join(r.failing_checks)
-            elif status == "stale":
-                reason = f"no probe for {now - r.finished_at:.0f}s (interval {t.interval:g}s)"
-            else:
-                reason = ""
-            when = f"{now - r.finished_at:.0f}s ago"
-            took = f"{r.duration * 1000:.1f} ms"
-        shown = status.upper() if status in ("down", "stale") else status
+    for st in shown:
+        t = st.target
+        status, reason, _ = sp.target_state(st, now)
+        h = hist[t.name]
+        last = f"{now - st.result.finished_at:.0f}s ago" if st.result else "never"
         rows.append(
-            f"<tr class='{status}'><td>{html.escape(t.name)}</td><td>{t.kind}</td><td>{shown}</td>"
-            f"<td>{html.escape(reason)}</td><td>{when}</td><td>{took}</td>"
-            f"<td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>"
-        )
+            f"<tr class='{status}'><td><a href='targets/{html.escape(t.name)}'>{html.escape(t.name)}</a></td>"
+            f"<td>{t.kind}</td><td class='state'>{status}</td><td class='reason'>{html.escape(reason)}</td>"
+            f"<td>{sp.bar_svg(h.quarter, title='last 24 hours')}<span class='note'>24h {sp._pct(h.uptime_24h)}</span></td>"
+            f"<td>{sp.bar_svg(h.day, width=270, title='last 90 days')}<span class='note'>90d {sp._pct(h.uptime_90d)}</span></td>"
+            f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
+    source = next(iter(hist.values())).source if hist else "memory"
+    note = ("History from Prometheus." if source == "prometheus" else
+            "History since stackwatch started (in memory): set --prometheus.url for history that survives restarts"
+            + (f" (Prometheus unavailable: {html.escape(ex.remotes.last_error)})" if ex.remotes.last_error else "")
+            + ".")
     reload_note = "" if ex.reload_ok else f"<p class='down'>Last reload failed:<pre>{html.escape(ex.last_reload_error)}</pre></p>"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>stackwatch</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-.down td,.down,.stale td{{color:#b00}}.degraded td{{color:#a60}}.up td:nth-child(3){{color:#070}}</style></head><body>
-<h1>stackwatch {__version__}</h1><p>Config: {html.escape(ex.config_path)} ({len(ex.config.targets)} targets).
-<a href="metrics">Metrics</a></p>{reload_note}
-<table><tr><th>Target</th><th>Kind</th><th>Status</th><th>Reason</th><th>Last probe</th><th>Duration</th><th></th></tr>
-{''.join(rows)}</table></body></html>"""
-    return web.Response(text=page, content_type="text/html")
+    pages = (len(states) + sp.PAGE_SIZE - 1) // sp.PAGE_SIZE
+    nav = " ".join(f"<a href='?page={i}'>{i + 1}</a>" if i != page_no else f"<b>{i + 1}</b>" for i in range(pages)) \
+        if pages > 1 else ""
+    summary = "".join(f"<span class='{k}'><b class='state'>{k}</b> {counts[k]}</span>"
+                      for k in ("down", "stale", "degraded", "pending", "up") if counts.get(k))
+    body = (f"<h1>stackwatch status</h1><p class='summary'>{summary}</p>{reload_note}"
+            f"<p class='note'>{len(states)} targets from {html.escape(ex.config_path)}. {note}</p>"
+            f"{sp.alerts_html(alerts)}<table><tr><th>Target</th><th>Kind</th><th>State</th><th>Reason</th>"
+            f"<th>Last 24 hours</th><th>Last 90 days</th><th>Last probe</th><th></th></tr>{''.join(rows)}</table>"
+            f"<p>{nav}</p>")
+    return web.Response(text=sp.page("stackwatch status", body), content_type="text/html")
+
+
+async def target_page(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    name = request.match_info["name"]
+    st = ex.store.states.get(name)
+    if st is None:
+        return web.Response(status=404, text=f'unknown target "{html.escape(name[:200])}"\n')
+    now = time.time()
+    status, reason, checks = sp.target_state(st, now)
+    hist, alerts = await asyncio.gather(sp.histories(ex.store, ex.remotes, [name]), _alerts(ex))
+    h = hist[name]
+    points = st.history.latency() if st.history is not None else []
+    checks_html = "".join(f"<li><code>{html.escape(c)}</code></li>" for c in checks)
+    body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
+            f"style='color:{sp._COLORS[status]}'>{status}</span></h1>"
+            f"<p>{st.target.kind} probe every {float(st.target.interval or 15):g}s. {html.escape(reason)}</p>"
+            + (f"<h2>Failing checks</h2><ul>{checks_html}</ul>" if checks else "")
+            + f"<h2>Uptime</h2><p>24h {sp._pct(h.uptime_24h)} · 90d {sp._pct(h.uptime_90d)} "
+            f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
+            f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
+            f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"
+            f"{sp.alerts_html(alerts, name)}")
+    return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
+
+
+async def api_targets(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    now = time.time()
+    states = list(ex.store.states.values())
+    # Prometheus history for up to 1000 targets (one query); beyond that, memory, which is free.
+    remotes = ex.remotes if len(states) <= 1000 else sp.Remotes()
+    hist = await sp.histories(ex.store, remotes, [st.target.name for st in states])
+    items = [sp.target_json(st, hist[st.target.name], now) for st in states]
+    return web.json_response({"targets": items, "generated_at": now})
+
+
+async def api_history(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    name = request.match_info["name"]
+    range_ = request.query.get("range", "24h")
+    if range_ not in ("24h", "90d"):
+        return web.json_response({"error": f'range must be 24h or 90d, got "{range_[:20]}"'}, status=400)
+    if name not in ex.store.states:
+        return web.json_response({"error": f'unknown target "{name[:200]}"'}, status=404)
+    hist = await sp.histories(ex.store, ex.remotes, [name])
+    return web.json_response(sp.history_json(name, hist[name], range_))
 
 
 OPEN_PATHS = frozenset({"/-/healthy"})
@@ -188,6 +255,9 @@ def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
     app.router.add_post("/-/reload", reload)
     app.router.add_get("/-/reload", reload_wrong_method)
     app.router.add_get("/", status_page)
+    app.router.add_get("/targets/{name}", target_page)
+    app.router.add_get("/api/v1/targets", api_targets)
+    app.router.add_get("/api/v1/targets/{name}/history", api_history)
     return app
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from stackwatch.config import Config, TargetConfig
+from stackwatch.history import History
 from stackwatch.probes.base import ProbeResult, Reason, failing_checks
 
 # Exact edges at the documented thresholds (0.3 s and 0.5 s goals, 1 s, 2 s for L1, 5 s for L2),
@@ -65,6 +66,8 @@ class TargetState:
     """Rendered exposition lines by family name, written by the collector."""
     hist_prefixes: tuple[str, ...] = ()
     """Cached histogram line prefixes, written by the collector."""
+    history: History | None = None
+    """Probe history since start (status page without Prometheus); created with the first result."""
 
 
 class Store:
@@ -103,6 +106,7 @@ class Store:
                 state.successes, state.failures = old.successes, old.failures
                 state.by_reason, state.buckets, state.duration_sum = old.by_reason, old.buckets, old.duration_sum
                 state.result = old.result
+                state.history = old.history
             self._on_change(state, None)
             new[t.name] = state
         self.states = new
@@ -119,6 +123,9 @@ class Store:
             state.failures += 1
             reason = (result.reason or Reason.INTERNAL).value
             state.by_reason[reason] = state.by_reason.get(reason, 0) + 1
+        if state.history is None:
+            state.history = History()
+        state.history.add(result.finished_at, result.success, result.duration)
         state.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.duration)] += 1
         state.duration_sum += result.duration
         self._on_change(state, result)

@@ -280,8 +280,12 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
           f"  debug a probe http://{shown}/probe?target=trading-backend&debug=true\n"
           f"  config        {cfg_path}", flush=True)
     procs = _start_prometheus(workdir, shown, platform, prom_port, am_port) if with_prometheus else []
+    exporter = Exporter(cfg_path, config)
+    if with_prometheus:
+        exporter.remotes.prometheus = f"http://127.0.0.1:{prom_port}"
+        exporter.remotes.alertmanager = f"http://127.0.0.1:{am_port}"
     try:
-        await serve(Exporter(cfg_path, config), listen)
+        await serve(exporter, listen)
     finally:
         for p in procs:
             p.terminate()

@@ -1,0 +1,93 @@
+"""Per-target probe history kept in memory, for the status page when no Prometheus is configured.
+
+Two rings of buckets per target: 96 quarter-hours (the 24 h bar) and 90 days (the 90-day bar),
+each bucket counting probes and successes, plus the last 120 probe durations for the latency
+chart.  Arrays of machine integers: about 2 KB per target, untracked by the cyclic GC.  It covers
+only the time since stackwatch started; with ``--prometheus.url`` the status page reads history
+from Prometheus instead, which survives restarts and spans its retention.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+
+QUARTER = 900.0
+DAY = 86400.0
+
+
+class Ring:
+    """``slots`` buckets of ``width`` seconds; old buckets are reused as time moves on."""
+
+    __slots__ = ("width", "ids", "total", "ok")
+
+    def __init__(self, slots: int, width: float):
+        self.width = width
+        self.ids = array("q", [-1]) * slots
+        self.total = array("I", [0]) * slots
+        self.ok = array("I", [0]) * slots
+
+    def add(self, at: float, success: bool) -> None:
+        bucket = int(at // self.width)
+        i = bucket % len(self.ids)
+        if self.ids[i] != bucket:
+            self.ids[i], self.total[i], self.ok[i] = bucket, 0, 0
+        self.total[i] += 1
+        if success:
+            self.ok[i] += 1
+
+    def series(self, now: float) -> list[Bucket]:
+        """The last ``slots`` buckets, oldest first; ``ratio`` is None where nothing was probed."""
+        last = int(now // self.width)
+        out = []
+        for bucket in range(last - len(self.ids) + 1, last + 1):
+            i = bucket % len(self.ids)
+            held = self.ids[i] == bucket
+            total = self.total[i] if held else 0
+            ok = self.ok[i] if held else 0
+            out.append(Bucket(bucket * self.width, (bucket + 1) * self.width, ok / total if total else None, total))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: float
+    end: float
+    ratio: float | None
+    """Share of successful probes in the bucket (uptime), or None: no data."""
+    probes: int
+
+
+class History:
+    __slots__ = ("day", "quarter", "durations", "times", "_next")
+
+    LATENCY_POINTS = 120
+
+    def __init__(self) -> None:
+        self.quarter = Ring(96, QUARTER)
+        self.day = Ring(90, DAY)
+        self.durations = array("d", [0.0]) * self.LATENCY_POINTS
+        self.times = array("d", [0.0]) * self.LATENCY_POINTS
+        self._next = 0
+
+    def add(self, at: float, success: bool, duration: float) -> None:
+        self.quarter.add(at, success)
+        self.day.add(at, success)
+        i = self._next % self.LATENCY_POINTS
+        self.durations[i], self.times[i] = duration, at
+        self._next += 1
+
+    def latency(self) -> list[tuple[float, float]]:
+        """(time, seconds) of the last probes, oldest first."""
+        n = min(self._next, self.LATENCY_POINTS)
+        start = self._next - n
+        return [(self.times[j % self.LATENCY_POINTS], self.durations[j % self.LATENCY_POINTS])
+                for j in range(start, self._next)]
+
+
+def uptime(buckets: list[Bucket]) -> float | None:
+    """Probe-weighted share of successes over the buckets that have data."""
+    total = sum(b.probes for b in buckets)
+    if not total:
+        return None
+    return sum((b.ratio or 0.0) * b.probes for b in buckets) / total

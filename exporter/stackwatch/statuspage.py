@@ -1,0 +1,259 @@
+"""The status page (``/``, ``/targets/NAME``) and its JSON API (``/api/v1/targets``,
+``/api/v1/targets/NAME/history``), documented in ``docs/openapi.yaml``.
+
+Server-rendered HTML with inline SVG: no JavaScript, no external assets, refreshing itself every
+30 s.  Each target shows its state (up, degraded with the failing checks, down with the reason,
+stale, pending), a 24-hour bar of quarter-hours and a 90-day bar of days with uptime percentages.
+
+History comes from Prometheus when ``--prometheus.url`` is set (``stackwatch_probe_success``
+over time: survives restarts, spans Prometheus's retention), else from memory since start (and
+the page says so).  Current alerts come from Alertmanager (``--alertmanager.url``), recent
+incidents from Prometheus's ``ALERTS`` series.  A remote that fails or is slow falls back to
+memory; the page never waits more than a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from stackwatch import __version__
+from stackwatch.history import DAY, QUARTER, Bucket, uptime
+from stackwatch.redact import redact_url
+from stackwatch.store import Store, TargetState
+
+log = logging.getLogger("stackwatch.status")
+
+PAGE_SIZE = 100
+REMOTE_TIMEOUT = 4.0
+CACHE_SECONDS = 30.0
+
+
+@dataclass
+class TargetHistory:
+    quarter: list[Bucket]
+    day: list[Bucket]
+    source: str  # "prometheus" | "memory"
+
+    @property
+    def uptime_24h(self) -> float | None:
+        return uptime(self.quarter)
+
+    @property
+    def uptime_90d(self) -> float | None:
+        return uptime(self.day)
+
+
+@dataclass
+class Remotes:
+    """Optional Prometheus and Alertmanager to read history and alerts from."""
+
+    prometheus: str | None = None
+    alertmanager: str | None = None
+    _client: httpx.AsyncClient | None = None
+    _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    last_error: str = ""
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=REMOTE_TIMEOUT, trust_env=False)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _get(self, url: str, params: dict[str, str]) -> Any:
+        key = url + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        try:
+            resp = await self.client().get(url, params=params)
+            resp.raise_for_status()
+            data = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.last_error = f"{redact_url(url.split('/api/')[0])}: {type(exc).__name__}"
+            raise
+        self.last_error = ""
+        if len(self._cache) > 256:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic(), data)
+        return data
+
+    async def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        assert self.prometheus
+        doc = await self._get(self.prometheus.rstrip("/") + "/api/v1/query_range",
+                              {"query": expr, "start": f"{start:.0f}", "end": f"{end:.0f}", "step": f"{step:.0f}"})
+        return doc["data"]["result"]
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        assert self.alertmanager
+        return await self._get(self.alertmanager.rstrip("/") + "/api/v2/alerts", {"active": "true"})
+
+
+def _matcher(names: list[str]) -> str:
+    return "|".join(re.escape(n).replace("\\", "\\\\") for n in names)
+
+
+def _buckets_from(values: list[list[Any]], width: float, slots: int, now: float) -> list[Bucket]:
+    by_start = {}
+    for ts, value in values:
+        v = float(value)
+        if not math.isnan(v):
+            by_start[int(float(ts) // width)] = v
+    last = int(now // width)
+    out = []
+    for b in range(last - slots + 1, last + 1):
+        ratio = by_start.get(b)
+        out.append(Bucket(b * width, (b + 1) * width, ratio, 1 if ratio is not None else 0))
+    return out
+
+
+async def histories(store: Store, remotes: Remotes, names: list[str]) -> dict[str, TargetHistory]:
+    """History of the named targets: Prometheus when configured and answering, else memory."""
+    now = time.time()
+    out: dict[str, TargetHistory] = {}
+    if remotes.prometheus and names:
+        try:
+            sel = f'stackwatch_probe_success{{target=~"{_matcher(names)}"}}'
+            q, d = await asyncio.gather(
+                remotes.query_range(f"avg by (target) (avg_over_time({sel}[15m]))", now - 96 * QUARTER, now, QUARTER),
+                remotes.query_range(f"avg by (target) (avg_over_time({sel}[1d]))", now - 90 * DAY, now, DAY))
+            quarters = {r["metric"].get("target"): r["values"] for r in q}
+            days = {r["metric"].get("target"): r["values"] for r in d}
+            for n in names:
+                out[n] = TargetHistory(_buckets_from(quarters.get(n, []), QUARTER, 96, now),
+                                       _buckets_from(days.get(n, []), DAY, 90, now), "prometheus")
+            return out
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.debug("history from Prometheus failed, using memory: %s", type(exc).__name__)
+    for n in names:
+        state = store.states.get(n)
+        h = state.history if state is not None else None
+        if h is None:
+            out[n] = TargetHistory(_buckets_from([], QUARTER, 96, now), _buckets_from([], DAY, 90, now), "memory")
+        else:
+            out[n] = TargetHistory(h.quarter.series(now), h.day.series(now), "memory")
+    return out
+
+
+def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
+    """(state, reason, failing checks) as the page and the API show them."""
+    r, t = state.result, state.target
+    if r is None:
+        return "pending", "", []
+    status = r.state(now, float(t.interval or 15))
+    if status == "down":
+        reason = f"{r.reason.value}: {r.message}" if r.reason else r.message
+    elif status == "stale":
+        reason = f"no probe for {now - r.finished_at:.0f}s (interval {float(t.interval or 15):g}s)"
+    elif status == "degraded":
+        reason = "failing checks: " + ", ".join(r.failing_checks)
+    else:
+        reason = ""
+    return status, reason, list(r.failing_checks)
+
+
+def target_json(state: TargetState, hist: TargetHistory, now: float) -> dict[str, Any]:
+    status, reason, checks = target_state(state, now)
+    r = state.result
+    return {
+        "name": state.target.name, "kind": state.target.kind, "labels": dict(state.target.labels),
+        "state": status, "reason": reason, "failing_checks": checks,
+        "last_probe": r.finished_at if r else None, "duration_seconds": r.duration if r else None,
+        "interval_seconds": float(state.target.interval or 15),
+        "uptime": {"24h": hist.uptime_24h, "90d": hist.uptime_90d}, "history_source": hist.source,
+    }
+
+
+def history_json(name: str, hist: TargetHistory, range_: str) -> dict[str, Any]:
+    buckets = hist.quarter if range_ == "24h" else hist.day
+    return {"target": name, "range": range_, "source": hist.source, "uptime": uptime(buckets),
+            "buckets": [{"start": b.start, "end": b.end, "uptime": b.ratio, "probes": b.probes} for b in buckets]}
+
+
+# --------------------------------------------------------------------------- HTML
+
+_COLORS = {"up": "#2e7d32", "degraded": "#ef8f00", "down": "#c62828", "stale": "#6d4c41", "pending": "#757575"}
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;
+vertical-align:top;font-size:.9em}.state{font-weight:bold;text-transform:uppercase}
+.up .state{color:#2e7d32}.degraded .state{color:#ef8f00}.down .state,.stale .state{color:#c62828}
+.pending .state{color:#757575}.note{color:#555;font-size:.85em}.summary span{margin-right:1.2em}
+svg{display:block}.reason{max-width:32em;word-break:break-word}"""
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.2f}%"
+
+
+def bar_svg(buckets: list[Bucket], width: int = 288, height: int = 14, title: str = "") -> str:
+    n = len(buckets)
+    w = width / n
+    rects = []
+    for i, b in enumerate(buckets):
+        if b.ratio is None:
+            color = "#e0e0e0"
+        elif b.ratio >= 0.999:
+            color = "#43a047"
+        elif b.ratio >= 0.95:
+            color = "#fdd835"
+        else:
+            color = "#e53935"
+        tip = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.start)) + " UTC: " + _pct(b.ratio)
+        rects.append(f'<rect x="{i * w:.2f}" width="{max(w - 0.6, 0.6):.2f}" height="{height}" fill="{color}">'
+                     f"<title>{tip}</title></rect>")
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+            + "".join(rects) + "</svg>")
+
+
+def latency_svg(points: list[tuple[float, float]], width: int = 720, height: int = 160) -> str:
+    if len(points) < 2:
+        return '<p class="note">Not enough probes yet for a latency chart.</p>'
+    t0, t1 = points[0][0], points[-1][0]
+    top = max(v for _, v in points) or 1.0
+    span = (t1 - t0) or 1.0
+    coords = " ".join(f"{(t - t0) / span * (width - 50) + 45:.1f},{height - 20 - v / top * (height - 30):.1f}"
+                      for t, v in points)
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="probe latency">'
+            f'<line x1="45" y1="{height - 20}" x2="{width}" y2="{height - 20}" stroke="#999"/>'
+            f'<text x="0" y="14" font-size="11">{top * 1000:.0f} ms</text>'
+            f'<text x="0" y="{height - 22}" font-size="11">0</text>'
+            f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{coords}"/></svg>')
+
+
+def page(title: str, body: str, refresh: int = 30) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}"
+            f'<p class="note">stackwatch {__version__} · <a href="/metrics">metrics</a> · '
+            f'<a href="/api/v1/targets">JSON</a></p></body></html>')
+
+
+def alerts_html(alerts: list[dict[str, Any]] | None, target: str | None = None) -> str:
+    if alerts is None:
+        return ""
+    rows = []
+    for a in alerts:
+        labels = a.get("labels", {})
+        if target is not None and labels.get("target") != target:
+            continue
+        if labels.get("alertname") == "StackwatchWatchdog":
+            continue
+        state = (a.get("status") or {}).get("state", "")
+        rows.append(f"<li><b>{html.escape(labels.get('alertname', ''))}</b> "
+                    f"({html.escape(labels.get('severity', ''))}, {html.escape(state)}) "
+                    f"{html.escape(labels.get('target', ''))}: "
+                    f"{html.escape((a.get('annotations') or {}).get('description', ''))}</li>")
+    if not rows:
+        return "<h2>Alerts</h2><p>No active alerts.</p>"
+    return f"<h2>Alerts</h2><ul>{''.join(rows[:50])}</ul>"

@@ -1,0 +1,152 @@
+"""The status page, its JSON API (checked against docs/openapi.yaml) and its history from memory
+and from Prometheus; the page rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from harness import Prometheus, Stackwatch, http_get, stackwatch_scrape, wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "c" * 64
+SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+
+
+def schema(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}", "components": SPEC["components"]}
+
+
+def check(doc: object, name: str) -> None:
+    jsonschema.validate(doc, schema(name), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.fixture(scope="module")
+def algod():
+    a = FakeAlgorand(TOKEN)
+    a.reset(seed_000_state(TOKEN))
+    yield a
+    a.close()
+
+
+def config(tmp: Path, servers, algod: FakeAlgorand) -> Path:
+    cfg = tmp / "status.yml"
+    cfg.write_text(f"""defaults: {{interval: 500ms, timeout: 400ms}}
+targets:
+  - {{name: web, kind: http, url: "{servers.url('/health')}", labels: {{team: shop}}}}
+  - {{name: api-refused, kind: http, url: "http://127.0.0.1:{servers.closed_port}/"}}
+  - name: chain
+    kind: algorand
+    algod_url: {algod.algod_url}
+    algod_token: "${{STATUS_ALGOD_TOKEN}}"
+    accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
+    assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}}}]
+""")
+    return cfg
+
+
+def api(sw: Stackwatch, path: str) -> tuple[int, dict]:
+    status, _, body = http_get(sw.base + path)
+    return status, json.loads(body)
+
+
+def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
+    sw = Stackwatch(config(tmp_path, servers, algod), tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN})
+    try:
+        def settled() -> dict | None:
+            _, doc = api(sw, "/api/v1/targets")
+            states = {t["name"]: t["state"] for t in doc["targets"]}
+            return doc if states == {"web": "up", "api-refused": "down", "chain": "degraded"} else None
+
+        doc = wait_until(settled, 20, "every target's state")
+        check(doc, "TargetList")
+        by = {t["name"]: t for t in doc["targets"]}
+        assert by["web"]["labels"] == {"team": "shop"} and by["web"]["uptime"]["24h"] == 1.0
+        assert by["api-refused"]["uptime"]["24h"] == 0.0
+        assert by["api-refused"]["reason"].startswith("connection_refused")
+        assert 'algorand_asset_exists{asset="token"}' in by["chain"]["failing_checks"]
+        assert 'algorand_account_above_floor{account="admin"}' in by["chain"]["failing_checks"]
+        assert {t["history_source"] for t in doc["targets"]} == {"memory"}
+
+        status, hist = api(sw, "/api/v1/targets/web/history?range=24h")
+        assert status == 200
+        check(hist, "History")
+        assert len(hist["buckets"]) == 96 and hist["buckets"][-1]["uptime"] == 1.0 and hist["buckets"][-1]["probes"] >= 2
+        assert all(b["uptime"] is None for b in hist["buckets"][:-2])  # nothing before the start
+        status, hist = api(sw, "/api/v1/targets/api-refused/history?range=90d")
+        check(hist, "History")
+        assert len(hist["buckets"]) == 90 and hist["uptime"] == 0.0
+        status, err = api(sw, "/api/v1/targets/web/history?range=7y")
+        assert status == 400 and "range must be 24h or 90d" in err["error"]
+        check(err, "Error")
+        status, err = api(sw, "/api/v1/targets/nope/history")
+        assert status == 404
+        check(err, "Error")
+
+        page = http_get(sw.base + "/")[2].decode()
+        assert "History since stackwatch started (in memory)" in page
+        assert '<meta http-equiv="refresh"' in page and "<script" not in page
+        detail = wait_until(lambda: (lambda d: "<polyline" in d and d)(http_get(sw.base + "/targets/chain")[2].decode()),
+                            10, "a latency chart")
+        assert "degraded" in detail and "Failing checks" in detail and "<polyline" in detail
+        assert http_get(sw.base + "/targets/nope")[0] == 404
+    finally:
+        sw.stop()
+
+
+def test_history_comes_from_prometheus_and_survives_a_restart(servers, algod, tmp_path):
+    """One stackwatch is scraped by Prometheus; a second one, started later with --prometheus.url
+    and no history of its own, shows the first one's history."""
+    cfg = config(tmp_path, servers, algod)
+    first = Stackwatch(cfg, tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN})
+    prom = Prometheus(tmp_path, [stackwatch_scrape(first)])
+    second = None
+    try:
+        prom.wait_for('stackwatch_probe_success{target="api-refused"} == 0', timeout=30)
+        prom.wait_for('count_over_time(stackwatch_probe_success{target="web"}[1m]) >= 3', timeout=30)
+        second = Stackwatch(cfg, tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN}, extra=["--prometheus.url", prom.base])
+        status, doc = api(second, "/api/v1/targets")
+        check(doc, "TargetList")
+        by = {t["name"]: t for t in doc["targets"]}
+        assert by["web"]["history_source"] == "prometheus"
+        assert by["web"]["uptime"]["24h"] == 1.0 and by["api-refused"]["uptime"]["24h"] == 0.0
+        status, hist = api(second, "/api/v1/targets/api-refused/history?range=24h")
+        check(hist, "History")
+        assert hist["source"] == "prometheus" and hist["buckets"][-1]["uptime"] == 0.0
+        assert "History from Prometheus." in http_get(second.base + "/")[2].decode()
+        # Prometheus gone: the page falls back to memory and says why.
+        prom.stop()
+        page = http_get(second.base + "/", timeout=15)[2].decode()
+        assert "History since stackwatch started (in memory)" in page and "Prometheus unavailable" in page
+    finally:
+        if second is not None:
+            second.stop()
+        prom.stop()
+        first.stop()
+
+
+def test_status_page_in_headless_chromium(servers, algod, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing (Debian package chromium; tests/run.sh installs it)"
+    sw = Stackwatch(config(tmp_path, servers, algod), tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN})
+    try:
+        wait_until(lambda: '"degraded"' in http_get(sw.base + "/api/v1/targets")[2].decode(), 20, "settled")
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,700"]
+        dom = subprocess.run([chromium, *flags, "--dump-dom", sw.base + "/"], capture_output=True, text=True,
+                             timeout=90).stdout
+        rows = {cls: name for cls, name in __import__("re").findall(r"<tr class=\"(\w+)\"><td><a [^>]*>([\w-]+)</a>", dom)}
+        assert rows == {"down": "api-refused", "degraded": "chain", "up": "web"}, dom[:2000]
+        shot = tmp_path / "status-page.png"
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", sw.base + "/"], capture_output=True, timeout=90)
+        assert shot.exists() and shot.stat().st_size > 10_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        sw.stop()
