@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         files = export(Path(argv[1]))
         print(f"wrote {len(files)} files of the monitoring bundle to {argv[1]}")
         return 0
+    if argv and argv[0] == "report":
+        from stackwatch.report import main as report_main
+
+        return report_main(argv[1:])
     if argv and argv[0] == "kubernetes-manifests":
         kp = argparse.ArgumentParser(prog="stackwatch kubernetes-manifests")
         kp.add_argument("dir")

@@ -1,0 +1,405 @@
+"""``stackwatch report``: the daily health report, built from live data in Prometheus.
+
+    stackwatch report --prometheus URL [--alertmanager URL] [--since 24h]
+                      [--format markdown|html] [--figure NAME=PROMQL ...]
+                      [--send telegram --telegram-chat-id ID --telegram-token-file F]
+
+Sections: overall state; services by state with reasons and failing checks; incidents (down
+intervals with start, end and duration) and the alerts that fired; availability and error budget
+per target against the 99.9 % SLO; latency percentiles against the documented goals (p50 < 0.5 s,
+p95 < 2 s); the integration matrix (feature x service from the targets' labels, else kind x
+target); business figures (``--figure``, any PromQL); urgent actions from the critical alerts
+firing now.  Markdown for chat and repositories, HTML for e-mail; Telegram gets plain-text
+messages within its 4096-character limit.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from stackwatch.durations import format_duration, parse_duration
+
+SLO = 0.999
+GOAL_P50 = 0.5
+GOAL_P95 = 2.0
+TELEGRAM_LIMIT = 4096
+
+CHECKS = [
+    ("stackwatch_http_assertion_success == 0", "assertion {assertion} fails"),
+    ("stackwatch_algorand_asset_exists == 0", "asset {asset} does not exist"),
+    ("stackwatch_algorand_account_above_floor == 0", "account {account} is below its floor"),
+    ("stackwatch_algorand_network_match == 0", "node on the wrong network"),
+    ("stackwatch_sql_schema_ok == 0", "schema expectations not met"),
+    ("stackwatch_consistency_invariant_violated == 1", "source {source} breaks {invariant}"),
+    ("stackwatch_consistency_field_agreement == 0", "sources disagree on {field}"),
+]
+
+
+class PromError(Exception):
+    pass
+
+
+class Prom:
+    def __init__(self, url: str, timeout: float = 15.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str, **params: str) -> Any:
+        full = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(full, timeout=self.timeout) as resp:
+                doc = json.loads(resp.read())
+        except (OSError, ValueError) as exc:
+            raise PromError(f"Prometheus at {self.url}: {exc}") from None
+        if doc.get("status") != "success":
+            raise PromError(f"Prometheus at {self.url}: {doc.get('error', 'query failed')}")
+        return doc["data"]["result"]
+
+    def query(self, expr: str, at: float) -> list[dict[str, Any]]:
+        return self._get("query", query=expr, time=f"{at:.3f}")
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        return self._get("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:.3f}")
+
+
+@dataclass
+class Incident:
+    target: str
+    start: float
+    end: float | None  # None: still down
+    reason: str = ""
+
+    def duration(self, now: float) -> float:
+        return (self.end or now) - self.start
+
+
+@dataclass
+class Report:
+    since: float
+    generated_at: float
+    states: dict[str, str] = field(default_factory=dict)  # target -> up|degraded|down
+    kinds: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    checks: dict[str, list[str]] = field(default_factory=dict)
+    availability: dict[str, float] = field(default_factory=dict)
+    budget_left: dict[str, float] = field(default_factory=dict)
+    p50: dict[str, float] = field(default_factory=dict)
+    p95: dict[str, float] = field(default_factory=dict)
+    incidents: list[Incident] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # alertname, target, severity, first, last
+    figures: list[tuple[str, float | None, float | None]] = field(default_factory=list)
+    urgent: list[str] = field(default_factory=list)
+
+    @property
+    def overall(self) -> str:
+        values = set(self.states.values())
+        return "down" if "down" in values else "degraded" if "degraded" in values else "up" if values else "unknown"
+
+
+def _value(sample: dict[str, Any]) -> float:
+    return float(sample["value"][1])
+
+
+def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None,
+          alertmanager: str | None = None, now: float | None = None) -> Report:
+    now = time.time() if now is None else now
+    window = format_duration(since)
+    r = Report(since, now)
+    for s in prom.query("stackwatch_probe_success", now):
+        m = s["metric"]
+        t = m.get("target", "")
+        r.states[t] = "up" if _value(s) == 1 else "down"
+        r.kinds[t] = m.get("kind", "")
+        r.labels[t] = {k: v for k, v in m.items() if k not in ("__name__", "target", "kind", "job", "instance")}
+    for s in prom.query("stackwatch_probe_failure_reason == 1", now):
+        r.reasons[s["metric"].get("target", "")] = s["metric"].get("reason", "")
+    for expr, text in CHECKS:
+        for s in prom.query(expr, now):
+            t = s["metric"].get("target", "")
+            try:
+                r.checks.setdefault(t, []).append(text.format(**s["metric"]))
+            except KeyError:
+                r.checks.setdefault(t, []).append(text)
+    for t in r.checks:
+        if r.states.get(t) == "up":
+            r.states[t] = "degraded"
+    for s in prom.query(f"avg by (target) (avg_over_time(stackwatch_probe_success[{window}]))", now):
+        r.availability[s["metric"].get("target", "")] = _value(s)
+    for t, a in r.availability.items():
+        r.budget_left[t] = 1 - (1 - a) / (1 - SLO)
+    for q, into in ((0.5, r.p50), (0.95, r.p95)):
+        expr = (f"histogram_quantile({q}, sum by (target, le) "
+                f"(increase(stackwatch_probe_duration_seconds_bucket[{window}])))")
+        for s in prom.query(expr, now):
+            v = _value(s)
+            if not math.isnan(v):
+                into[s["metric"].get("target", "")] = v
+    r.incidents = _incidents(prom, now - since, now, r.reasons)
+    r.alerts = _alerts(prom, now - since, now)
+    for name, expr in figures or []:
+        cur = prom.query(f"sum({expr})", now)
+        old = prom.query(f"sum({expr})", now - since)
+        r.figures.append((name, _value(cur[0]) if cur else None, _value(old[0]) if old else None))
+    firing_now = _firing_now(prom, now, alertmanager)
+    for a in firing_now:
+        labels = a["labels"]
+        if labels.get("severity") == "critical" and labels.get("alertname") != "StackwatchWatchdog":
+            desc = a.get("annotations", {}).get("description", "")
+            runbook = a.get("annotations", {}).get("runbook_url", "")
+            r.urgent.append(f"{labels.get('alertname')} on {labels.get('target', labels.get('instance', '?'))}: "
+                            f"{desc}" + (f" (runbook: {runbook})" if runbook else ""))
+    return r
+
+
+def _step(since: float) -> float:
+    return max(15.0, since / 1000)
+
+
+def _incidents(prom: Prom, start: float, end: float, reasons: dict[str, str]) -> list[Incident]:
+    step = _step(end - start)
+    out = []
+    for s in prom.query_range("stackwatch_probe_success", start, end, step):
+        t = s["metric"].get("target", "")
+        current: Incident | None = None
+        for ts, v in s["values"]:
+            ts = float(ts)
+            if float(v) == 0 and current is None:
+                current = Incident(t, ts, None)
+            elif float(v) == 1 and current is not None:
+                current.end = ts
+                out.append(current)
+                current = None
+        if current is not None:
+            current.reason = reasons.get(t, "")
+            out.append(current)
+    return sorted(out, key=lambda i: i.start)
+
+
+def _alerts(prom: Prom, start: float, end: float) -> list[dict[str, Any]]:
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for s in prom.query_range('ALERTS{alertstate="firing"}', start, end, _step(end - start)):
+        m = s["metric"]
+        if m.get("alertname") == "StackwatchWatchdog":
+            continue
+        key = (m.get("alertname", ""), m.get("target", m.get("instance", "")), m.get("severity", ""))
+        times = [float(ts) for ts, _ in s["values"]]
+        entry = out.setdefault(key, {"alertname": key[0], "target": key[1], "severity": key[2],
+                                     "first": min(times), "last": max(times)})
+        entry["first"], entry["last"] = min(entry["first"], min(times)), max(entry["last"], max(times))
+    return sorted(out.values(), key=lambda a: (a["severity"] != "critical", a["first"]))
+
+
+def _firing_now(prom: Prom, now: float, alertmanager: str | None) -> list[dict[str, Any]]:
+    if alertmanager:
+        try:
+            with urllib.request.urlopen(alertmanager.rstrip("/") + "/api/v2/alerts?active=true&silenced=false"
+                                        "&inhibited=false", timeout=15) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError):
+            pass
+    out = []
+    for s in prom.query('ALERTS{alertstate="firing"}', now):
+        out.append({"labels": s["metric"], "annotations": {}})
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v * 100:.{digits}f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 1000:.0f} ms"
+
+
+def _matrix(r: Report) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+    with_labels = [t for t in r.states if "feature" in r.labels.get(t, {}) and "service" in r.labels.get(t, {})]
+    rank = {"down": 0, "degraded": 1, "up": 2}
+    cells: dict[tuple[str, str], str] = {}
+    if with_labels:
+        for t in with_labels:
+            key = (r.labels[t]["service"], r.labels[t]["feature"])
+            if key not in cells or rank[r.states[t]] < rank[cells[key]]:
+                cells[key] = r.states[t]
+    else:
+        for t, st in r.states.items():
+            cells[(t, r.kinds.get(t, ""))] = st
+    rows = sorted({k[0] for k in cells})
+    cols = sorted({k[1] for k in cells})
+    return rows, cols, cells
+
+
+def markdown(r: Report) -> str:
+    now = r.generated_at
+    by_state = {s: sorted(t for t, st in r.states.items() if st == s) for s in ("down", "degraded", "up")}
+    lines = [f"# Health report, {_when(now - r.since)} to {_when(now)}", "",
+             f"**Overall: {r.overall.upper()}**: {len(by_state['up'])} up, {len(by_state['degraded'])} degraded, "
+             f"{len(by_state['down'])} down of {len(r.states)} services.", ""]
+    if r.urgent:
+        lines += ["## Urgent actions", ""] + [f"- {u}" for u in r.urgent] + [""]
+    lines += ["## Services", ""]
+    for t in by_state["down"]:
+        lines.append(f"- DOWN **{t}** ({r.kinds.get(t)}): {r.reasons.get(t, 'failing')}")
+    for t in by_state["degraded"]:
+        lines.append(f"- DEGRADED **{t}** ({r.kinds.get(t)}): {'; '.join(r.checks.get(t, []))}")
+    for t in by_state["up"]:
+        lines.append(f"- up **{t}** ({r.kinds.get(t)})")
+    lines += ["", f"## Incidents ({len(r.incidents)})", ""]
+    if not r.incidents:
+        lines.append("None.")
+    for i in r.incidents:
+        end = _when(i.end) if i.end else "ongoing"
+        lines.append(f"- **{i.target}** down from {_when(i.start)} to {end} ({format_duration(i.duration(now))})"
+                     + (f": {i.reason}" if i.reason else ""))
+    lines += ["", f"## Alerts fired ({len(r.alerts)})", ""]
+    if not r.alerts:
+        lines.append("None.")
+    for a in r.alerts:
+        lines.append(f"- {a['alertname']} ({a['severity']}) on {a['target']}: first {_when(a['first'])}, "
+                     f"last {_when(a['last'])}")
+    lines += ["", f"## Availability (SLO {SLO * 100:.1f} %)", "", "| service | availability | error budget left |",
+              "|---|---|---|"]
+    for t in sorted(r.availability):
+        lines.append(f"| {t} | {_pct(r.availability[t])} | {_pct(r.budget_left.get(t), 0)} |")
+    lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
+              "| service | p50 | p95 | goals |", "|---|---|---|---|"]
+    for t in sorted(set(r.p50) | set(r.p95)):
+        met = (r.p50.get(t, 0) < GOAL_P50) and (r.p95.get(t, 0) < GOAL_P95)
+        lines.append(f"| {t} | {_ms(r.p50.get(t))} | {_ms(r.p95.get(t))} | {'met' if met else 'MISSED'} |")
+    rows, cols, cells = _matrix(r)
+    lines += ["", "## Integration matrix", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(cells.get((row, c), "") for c in cols) + " |")
+    if r.figures:
+        lines += ["", "## Business figures", "", "| figure | now | change |", "|---|---|---|"]
+        for name, cur, old in r.figures:
+            change = "n/a" if cur is None or old is None else f"{cur - old:+g}"
+            lines.append(f"| {name} | {'n/a' if cur is None else f'{cur:g}'} | {change} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(r: Report) -> str:
+    """The report as an HTML e-mail body (inline styles, no external assets)."""
+    out = ['<!doctype html><html><head><meta charset="utf-8"><title>Health report</title></head>'
+           '<body style="font-family:sans-serif">']
+    in_table = False
+    for line in markdown(r).splitlines():
+        if line.startswith("|"):
+            if set(line) <= set("|-"):
+                continue
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not in_table:
+                out.append('<table style="border-collapse:collapse">')
+                in_table = True
+            out.append("<tr>" + "".join(f'<td style="border:1px solid #ccc;padding:2px 6px">{c}</td>'
+                                        for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        text = html.escape(line).replace("**", "")
+        if line.startswith("# "):
+            out.append(f"<h1>{text[2:]}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{text[3:]}</h2>")
+        elif line.startswith("- "):
+            out.append(f"<p>&bull; {text[2:]}</p>")
+        elif line:
+            out.append(f"<p>{text}</p>")
+    if in_table:
+        out.append("</table>")
+    return "".join(out) + "</body></html>\n"
+
+
+def telegram_chunks(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Split at line breaks into messages of at most ``limit`` characters (a longer line is cut)."""
+    chunks: list[str] = []
+    current = ""
+    for line in text.splitlines():
+        line = line if len(line) < limit else line[: limit - 2] + "…"
+        if len(current) + len(line) + 1 > limit:
+            chunks.append(current)
+            current = ""
+        current += line + "\n"
+    if current.strip():
+        chunks.append(current)
+    return chunks
+
+
+def send_telegram(text: str, token: str, chat_id: str, api_url: str = "https://api.telegram.org") -> int:
+    sent = 0
+    for chunk in telegram_chunks(text):
+        body = json.dumps({"chat_id": chat_id, "text": chunk, "disable_web_page_preview": True}).encode()
+        req = urllib.request.Request(f"{api_url.rstrip('/')}/bot{token}/sendMessage", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            if not json.loads(resp.read()).get("ok"):
+                raise PromError("Telegram refused the message")
+        sent += 1
+    return sent
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="stackwatch report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prometheus", required=True, help="Prometheus base URL")
+    p.add_argument("--alertmanager", default=None, help="Alertmanager base URL (urgent actions from its alerts)")
+    p.add_argument("--since", default="24h", help="the window (default: %(default)s)")
+    p.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    p.add_argument("--figure", action="append", default=[], metavar="NAME=PROMQL",
+                   help="a business figure: its value now and its change over the window")
+    p.add_argument("--send", choices=["telegram"], default=None)
+    p.add_argument("--telegram-chat-id", default=None)
+    p.add_argument("--telegram-token-file", default=None)
+    p.add_argument("--telegram-api-url", default="https://api.telegram.org")
+    args = p.parse_args(argv)
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"stackwatch report: --since: {exc}", file=sys.stderr)
+        return 2
+    figures = []
+    for f in args.figure:
+        name, sep, expr = f.partition("=")
+        if not sep or not name.strip() or not expr.strip():
+            print(f"stackwatch report: --figure must be NAME=PROMQL, got {f!r}", file=sys.stderr)
+            return 2
+        figures.append((name.strip(), expr.strip()))
+    try:
+        report = build(Prom(args.prometheus), since, figures, args.alertmanager)
+    except PromError as exc:
+        print(f"stackwatch report: {exc}", file=sys.stderr)
+        return 1
+    text = markdown(report) if args.format == "markdown" else to_html(report)
+    if args.send == "telegram":
+        if not args.telegram_chat_id or not args.telegram_token_file:
+            print("stackwatch report: --send telegram needs --telegram-chat-id and --telegram-token-file",
+                  file=sys.stderr)
+            return 2
+        token = Path(args.telegram_token_file).read_text().strip()
+        try:
+            n = send_telegram(markdown(report), token, args.telegram_chat_id, args.telegram_api_url)
+        except (OSError, PromError) as exc:
+            print(f"stackwatch report: sending to Telegram failed: {type(exc).__name__}", file=sys.stderr)
+            return 1
+        print(f"sent the report to Telegram in {n} message(s)", file=sys.stderr)
+    sys.stdout.write(text)
+    return 0
