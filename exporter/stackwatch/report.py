@@ -90,7 +90,7 @@ class Report:
     reasons: dict[str, str] = field(default_factory=dict)
     checks: dict[str, list[str]] = field(default_factory=dict)
     availability: dict[str, float] = field(default_factory=dict)
-    budget_left: dict[str, float] = field(default_factory=dict)
+    budget_spent: dict[str, float] = field(default_factory=dict)
     p50: dict[str, float] = field(default_factory=dict)
     p95: dict[str, float] = field(default_factory=dict)
     incidents: list[Incident] = field(default_factory=list)
@@ -134,7 +134,8 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
     for s in prom.query(f"avg by (target) (avg_over_time(stackwatch_probe_success[{window}]))", now):
         r.availability[s["metric"].get("target", "")] = _value(s)
     for t, a in r.availability.items():
-        r.budget_left[t] = 1 - (1 - a) / (1 - SLO)
+        # Share of the 30-day error budget (0.1 % of 30 days) this window's failures used.
+        r.budget_spent[t] = (1 - a) * since / ((1 - SLO) * 30 * 86400)
     for q, into in ((0.5, r.p50), (0.95, r.p95)):
         expr = (f"histogram_quantile({q}, sum by (target, le) "
                 f"(increase(stackwatch_probe_duration_seconds_bucket[{window}])))")
@@ -271,10 +272,10 @@ def markdown(r: Report) -> str:
     for a in r.alerts:
         lines.append(f"- {a['alertname']} ({a['severity']}) on {a['target']}: first {_when(a['first'])}, "
                      f"last {_when(a['last'])}")
-    lines += ["", f"## Availability (SLO {SLO * 100:.1f} %)", "", "| service | availability | error budget left |",
-              "|---|---|---|"]
+    lines += ["", f"## Availability (SLO {SLO * 100:.1f} % over 30 days)", "",
+              "| service | availability | 30-day error budget spent in this window |", "|---|---|---|"]
     for t in sorted(r.availability):
-        lines.append(f"| {t} | {_pct(r.availability[t])} | {_pct(r.budget_left.get(t), 0)} |")
+        lines.append(f"| {t} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
     lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
               "| service | p50 | p95 | goals |", "|---|---|---|---|"]
     for t in sorted(set(r.p50) | set(r.p95)):
