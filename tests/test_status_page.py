@@ -120,10 +120,11 @@ def test_history_comes_from_prometheus_and_survives_a_restart(servers, algod, tm
         check(hist, "History")
         assert hist["source"] == "prometheus" and hist["buckets"][-1]["uptime"] == 0.0
         assert "History from Prometheus." in http_get(second.base + "/")[2].decode()
-        # Prometheus gone: the page falls back to memory and says why.
+        # Prometheus gone: once its cached answers (30 s) expire, the page falls back to memory and says why.
         prom.stop()
-        page = http_get(second.base + "/", timeout=15)[2].decode()
-        assert "History since stackwatch started (in memory)" in page and "Prometheus unavailable" in page
+        page = wait_until(lambda: (lambda p: "Prometheus unavailable" in p and p)(
+            http_get(second.base + "/", timeout=15)[2].decode()), 45, "the fallback to memory")
+        assert "History since stackwatch started (in memory)" in page
     finally:
         if second is not None:
             second.stop()

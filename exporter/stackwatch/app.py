@@ -38,6 +38,7 @@ class Exporter:
         self.remotes = Remotes()
         """Prometheus and Alertmanager the status page reads history and alerts from (optional)."""
         self._reloading: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.kinds = dict(kinds) if kinds is not None else builtin_kinds()
         self.probers = Probers(self.kinds)
         self.collector = Collector()
@@ -60,6 +61,7 @@ class Exporter:
         # cyclic GC's generations so full collections stay short.
         gc.freeze()
         self.ready = True
+        self._silences()
         log.info("started", extra={"config": self.config_path, "targets": len(self.config.targets)})
 
     async def stop(self) -> None:
@@ -116,8 +118,26 @@ class Exporter:
         self.metrics.reload_ok.set(1)
         self.metrics.reload_at.set(self.reload_success_at)
         gc.freeze()  # the new config's models live until the next reload, as at start
+        self._silences()
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True, new.summary()
+
+    def _silences(self) -> None:
+        """Sync maintenance windows to Alertmanager silences, in the background."""
+        if not self.remotes.alertmanager:
+            return
+
+        async def sync() -> None:
+            try:
+                created = await self.remotes.sync_silences(list(self.config.maintenance))
+                if created:
+                    log.info("maintenance silences created", extra={"count": created})
+            except Exception as exc:  # Alertmanager down: try again at the next reload
+                log.warning("cannot sync maintenance silences", extra={"error": type(exc).__name__})
+
+        task = asyncio.get_running_loop().create_task(sync())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def self_metrics(self, openmetrics: bool) -> bytes:
         return self.metrics.render(openmetrics)

@@ -15,6 +15,7 @@ A config that loads is valid: probes never re-check their own settings.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import os
@@ -202,9 +203,49 @@ class TargetConfig(Model):
         return []
 
 
+def _timestamp(value: Any) -> float:
+    if isinstance(value, datetime.datetime):
+        moment = value
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {_show(value)}") from None
+    else:
+        raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {_show(value)}")
+    if moment.tzinfo is None:
+        raise ValueError(f"give the time zone (Z or +01:00), got {_show(str(value))}")
+    return moment.timestamp()
+
+
+Timestamp = Annotated[float, BeforeValidator(_timestamp)]
+"""Unix seconds, written in the file as an RFC 3339 time with its zone."""
+
+
+class MaintenanceWindow(Model):
+    """Planned work: the targets' alerts are silenced in Alertmanager, the status page says so,
+    and the report leaves the window out of availability."""
+
+    name: str = Field(min_length=1, max_length=128)
+    targets: list[str] = Field(min_length=1, max_length=10_000)
+    start: Timestamp
+    end: Timestamp
+    comment: str = Field("", max_length=1000)
+
+    @model_validator(mode="after")
+    def _order(self) -> MaintenanceWindow:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+    def active(self, at: float) -> bool:
+        return self.start <= at < self.end
+
+
 class _TopLevel(Model):
     defaults: Defaults = Field(default_factory=Defaults)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list, max_length=1000)
     targets: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -221,6 +262,10 @@ class Config:
     scheduler: SchedulerSettings
     targets: tuple[TargetConfig, ...]
     source: str = "<memory>"
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+
+    def in_maintenance(self, target: str, at: float) -> MaintenanceWindow | None:
+        return next((w for w in self.maintenance if target in w.targets and w.active(at)), None)
 
     def target(self, name: str) -> TargetConfig | None:
         for t in self.targets:
@@ -235,7 +280,7 @@ class Config:
         if count <= 1:
             return self
         mine = tuple(t for t in self.targets if shard_of(t.name, count) == index)
-        return Config(self.defaults, self.scheduler, mine, self.source)
+        return Config(self.defaults, self.scheduler, mine, self.source, self.maintenance)
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}
@@ -559,9 +604,15 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
         targets.append(resolved)
 
     _check_family_conflicts(targets, add)
+    names = {t.name for t in targets}
+    for i, w in enumerate(top.maintenance):
+        for j, name in enumerate(w.targets):
+            if name not in names and not problems:
+                add(("maintenance", i, "targets", j), f'no target is named "{name[:128]}"')
     if problems:
         raise ConfigError(source, sorted(problems, key=_order))
-    return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source)
+    return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source,
+                  maintenance=tuple(top.maintenance))
 
 
 def _check_family_conflicts(targets: list[TargetConfig], add: Any) -> None:

@@ -97,6 +97,8 @@ class Report:
     alerts: list[dict[str, Any]] = field(default_factory=list)  # alertname, target, severity, first, last
     figures: list[tuple[str, float | None, float | None]] = field(default_factory=list)
     urgent: list[str] = field(default_factory=list)
+    maintenance: list[str] = field(default_factory=list)
+    excluded: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def overall(self) -> str:
@@ -109,7 +111,7 @@ def _value(sample: dict[str, Any]) -> float:
 
 
 def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None,
-          alertmanager: str | None = None, now: float | None = None) -> Report:
+          alertmanager: str | None = None, now: float | None = None, maintenance: list[Any] | None = None) -> Report:
     now = time.time() if now is None else now
     window = format_duration(since)
     r = Report(since, now)
@@ -133,6 +135,25 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
             r.states[t] = "degraded"
     for s in prom.query(f"avg by (target) (avg_over_time(stackwatch_probe_success[{window}]))", now):
         r.availability[s["metric"].get("target", "")] = _value(s)
+    start = now - since
+    for w in maintenance or []:
+        if w.end <= start or w.start >= now:
+            continue
+        r.maintenance.append(f"{w.name} ({_when(max(w.start, start))} to {_when(min(w.end, now))}): "
+                             + ", ".join(w.targets))
+        for t in w.targets:
+            r.excluded.setdefault(t, []).append((w.start, w.end))
+    if r.excluded:
+        # Maintenance is not downtime: availability from the samples outside the windows.
+        sel = "|".join(sorted(r.excluded))
+        for s in prom.query_range(f'stackwatch_probe_success{{target=~"{sel}"}}', start, now, 15.0):
+            t = s["metric"].get("target", "")
+            kept = [float(v) for ts, v in s["values"]
+                    if not any(a <= float(ts) < b for a, b in r.excluded.get(t, []))]
+            if kept:
+                r.availability[t] = sum(kept) / len(kept)
+            else:
+                r.availability.pop(t, None)
     for t, a in r.availability.items():
         # Share of the 30-day error budget (0.1 % of 30 days) this window's failures used.
         r.budget_spent[t] = (1 - a) * since / ((1 - SLO) * 30 * 86400)
@@ -275,7 +296,10 @@ def markdown(r: Report) -> str:
     lines += ["", f"## Availability (SLO {SLO * 100:.1f} % over 30 days)", "",
               "| service | availability | 30-day error budget spent in this window |", "|---|---|---|"]
     for t in sorted(r.availability):
-        lines.append(f"| {t} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
+        mark = " (maintenance excluded)" if t in r.excluded else ""
+        lines.append(f"| {t}{mark} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
+    if r.maintenance:
+        lines += ["", "Maintenance windows (not counted as downtime):"] + [f"- {m}" for m in r.maintenance]
     lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
               "| service | p50 | p95 | goals |", "|---|---|---|---|"]
     for t in sorted(set(r.p50) | set(r.p95)):
@@ -367,6 +391,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
     p.add_argument("--figure", action="append", default=[], metavar="NAME=PROMQL",
                    help="a business figure: its value now and its change over the window")
+    p.add_argument("--config.file", dest="config_file", default=None,
+                   help="stackwatch's config: its maintenance windows are left out of availability")
     p.add_argument("--send", choices=["telegram"], default=None)
     p.add_argument("--telegram-chat-id", default=None)
     p.add_argument("--telegram-token-file", default=None)
@@ -384,8 +410,18 @@ def main(argv: list[str]) -> int:
             print(f"stackwatch report: --figure must be NAME=PROMQL, got {f!r}", file=sys.stderr)
             return 2
         figures.append((name.strip(), expr.strip()))
+    windows: list[Any] = []
+    if args.config_file:
+        from stackwatch.config import ConfigError
+        from stackwatch.kinds import load_config
+
+        try:
+            windows = list(load_config(args.config_file).maintenance)
+        except ConfigError as exc:
+            print(exc.render(), file=sys.stderr)
+            return 1
     try:
-        report = build(Prom(args.prometheus), since, figures, args.alertmanager)
+        report = build(Prom(args.prometheus), since, figures, args.alertmanager, maintenance=windows)
     except PromError as exc:
         print(f"stackwatch report: {exc}", file=sys.stderr)
         return 1

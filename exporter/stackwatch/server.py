@@ -149,6 +149,10 @@ async def status_page(request: web.Request) -> web.Response:
         status, reason, _ = sp.target_state(st, now)
         h = hist[t.name]
         last = f"{now - st.result.finished_at:.0f}s ago" if st.result else "never"
+        window = ex.config.in_maintenance(t.name, now)
+        if window is not None:
+            until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(window.end))
+            reason = f"[maintenance {window.name} until {until}] {reason}".strip()
         rows.append(
             f"<tr class='{status}'><td><a href='targets/{html.escape(t.name)}'>{html.escape(t.name)}</a></td>"
             f"<td>{t.kind}</td><td class='state'>{status}</td><td class='reason'>{html.escape(reason)}</td>"
@@ -205,7 +209,10 @@ async def api_targets(request: web.Request) -> web.Response:
     # Prometheus history for up to 1000 targets (one query); beyond that, memory, which is free.
     remotes = ex.remotes if len(states) <= 1000 else sp.Remotes()
     hist = await sp.histories(ex.store, remotes, [st.target.name for st in states])
-    items = [sp.target_json(st, hist[st.target.name], now) for st in states]
+    items = []
+    for st in states:
+        window = ex.config.in_maintenance(st.target.name, now)
+        items.append(sp.target_json(st, hist[st.target.name], now, window.name if window else None))
     return web.json_response({"targets": items, "generated_at": now})
 
 

@@ -95,9 +95,61 @@ class Remotes:
                               {"query": expr, "start": f"{start:.0f}", "end": f"{end:.0f}", "step": f"{step:.0f}"})
         return doc["data"]["result"]
 
+    async def sync_silences(self, windows: list[Any]) -> int:
+        """Make Alertmanager's silences match the config's maintenance windows: one silence per
+        window not yet over (created by "stackwatch"), expired when the window is removed or
+        changed.  Returns the number created."""
+        assert self.alertmanager
+        base = self.alertmanager.rstrip("/")
+        client = self.client()
+        resp = await client.get(base + "/api/v2/silences")
+        resp.raise_for_status()
+        ours = [x for x in resp.json() if x.get("createdBy") == "stackwatch"
+                and (x.get("status") or {}).get("state") in ("active", "pending")]
+        now = time.time()
+        wanted = {}
+        for w in windows:
+            if w.end <= now:
+                continue
+            matchers = [{"name": "target", "value": "|".join(re.escape(t) for t in w.targets),
+                         "isRegex": True, "isEqual": True}]
+            wanted[f"stackwatch maintenance {w.name}: {w.comment}".strip()] = {
+                "matchers": matchers, "startsAt": _iso(max(w.start, now)), "endsAt": _iso(w.end),
+                "createdBy": "stackwatch", "comment": f"stackwatch maintenance {w.name}: {w.comment}".strip()}
+        keep = set()
+        for x in ours:
+            want = wanted.get(x.get("comment", ""))
+            same = want is not None and _iso_equal(x.get("endsAt"), want["endsAt"]) and [
+                (m["name"], m["value"], m.get("isRegex")) for m in x.get("matchers", [])] == [
+                (m["name"], m["value"], m["isRegex"]) for m in want["matchers"]]
+            if same:
+                keep.add(x["comment"])
+            else:
+                (await client.delete(f"{base}/api/v2/silence/{x['id']}")).raise_for_status()
+        created = 0
+        for comment, body in wanted.items():
+            if comment not in keep:
+                (await client.post(base + "/api/v2/silences", json=body)).raise_for_status()
+                created += 1
+        return created
+
     async def alerts(self) -> list[dict[str, Any]]:
         assert self.alertmanager
         return await self._get(self.alertmanager.rstrip("/") + "/api/v2/alerts", {"active": "true"})
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def _iso_equal(a: str | None, b: str) -> bool:
+    from datetime import datetime
+
+    try:
+        return abs(datetime.fromisoformat((a or "").replace("Z", "+00:00")).timestamp()
+                   - datetime.fromisoformat(b.replace("Z", "+00:00")).timestamp()) < 1
+    except ValueError:
+        return False
 
 
 def _matcher(names: list[str]) -> str:
@@ -163,10 +215,10 @@ def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
     return status, reason, list(r.failing_checks)
 
 
-def target_json(state: TargetState, hist: TargetHistory, now: float) -> dict[str, Any]:
+def target_json(state: TargetState, hist: TargetHistory, now: float, maintenance: str | None = None) -> dict[str, Any]:
     status, reason, checks = target_state(state, now)
     r = state.result
-    return {
+    return {"maintenance": maintenance,
         "name": state.target.name, "kind": state.target.kind, "labels": dict(state.target.labels),
         "state": status, "reason": reason, "failing_checks": checks,
         "last_probe": r.finished_at if r else None, "duration_seconds": r.duration if r else None,
