@@ -77,7 +77,9 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
         status, hist = api(sw, "/api/v1/targets/web/history?range=24h")
         assert status == 200
         check(hist, "History")
-        assert len(hist["buckets"]) == 96 and hist["buckets"][-1]["uptime"] == 1.0 and hist["buckets"][-1]["probes"] >= 2
+        assert len(hist["buckets"]) == 96 and hist["buckets"][-1]["uptime"] == 1.0
+        # (the probes may straddle a quarter-hour boundary)
+        assert sum(b["probes"] for b in hist["buckets"][-2:]) >= 2
         assert all(b["uptime"] is None for b in hist["buckets"][:-2])  # nothing before the start
         status, hist = api(sw, "/api/v1/targets/api-refused/history?range=90d")
         check(hist, "History")

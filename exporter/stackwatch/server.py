@@ -131,11 +131,12 @@ async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
     states = list(ex.store.states.values())
+    state_of = {st.target.name: sp.target_state(st, now)[0] for st in states}
     counts: dict[str, int] = {}
-    for st in states:
-        counts[sp.target_state(st, now)[0]] = counts.get(sp.target_state(st, now)[0], 0) + 1
+    for value in state_of.values():
+        counts[value] = counts.get(value, 0) + 1
     order = {"down": 0, "stale": 1, "degraded": 2, "pending": 3, "up": 4}
-    states.sort(key=lambda st: (order[sp.target_state(st, now)[0]], st.target.name))
+    states.sort(key=lambda st: (order[state_of[st.target.name]], st.target.name))
     try:
         page_no = max(0, int(request.query.get("page", "0")))
     except ValueError:
