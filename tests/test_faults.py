@@ -226,7 +226,10 @@ def test_hostile_targets_and_probe_callers_do_not_disturb_healthy_ones(servers, 
         assert l_end[name][1] == l_start[name][1], report[-1]
         assert l_ok >= 0.8 * q_ok, report[-1]
     print("\n".join(report) + f"\nscheduler lag p99 {q_lag * 1000:.0f} ms alone, {l_lag * 1000:.0f} ms loud")
-    assert l_lag <= max(0.1, 4 * q_lag)
+    # The lag histogram is global (the hostile targets' own waits for their kind's slots are in it)
+    # and coarse (50, 100, 250, 500 ms buckets); the healthy targets' schedule is checked above by
+    # their counts.  It must stay below one interval.
+    assert l_lag <= 0.5
     # Every hostile target failed, each with a result (none hung the schedule).
     for name in ("http-drip", "http-endless_chunk", "http-deep_json", "http-big_body", "http-hang", "json-deep",
                  "algod-drip", "algod-algod_401", "algod-algod_500", "algod-algod_garbage", "pg-sleep", "mysql-silent"):
