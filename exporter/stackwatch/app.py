@@ -46,10 +46,7 @@ class Exporter:
         self.scheduler: Scheduler | None = None
         self.metrics = SelfMetrics(self)
         self.reload_ok = True
-        self.reload_success_at = time.time()
-        self.reloads_failed = 0
         self.last_reload_error = ""
-        self.started_at = time.time()
         self.ready = False
 
     async def start(self) -> None:
@@ -99,7 +96,6 @@ class Exporter:
 
     def reload_failed(self, message: str) -> tuple[bool, str]:
         self.reload_ok = False
-        self.reloads_failed += 1
         self.last_reload_error = message
         self.metrics.reload_ok.set(0)
         self.metrics.reload_failures.inc()
@@ -113,10 +109,9 @@ class Exporter:
         assert self.scheduler is not None
         self.scheduler.apply(new)
         self.reload_ok = True
-        self.reload_success_at = time.time()
         self.last_reload_error = ""
         self.metrics.reload_ok.set(1)
-        self.metrics.reload_at.set(self.reload_success_at)
+        self.metrics.reload_at.set(time.time())
         gc.freeze()  # the new config's models live until the next reload, as at start
         self._silences()
         log.info("config reloaded", extra={"targets": len(new.targets)})

@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.openmetrics import exposition as om_exposition
 
 from stackwatch import __version__
@@ -226,7 +230,7 @@ class _LiveCollector:
         sched = ex.scheduler  # type: ignore[attr-defined]
         yield GaugeMetricFamily("stackwatch_probes_in_flight", "Probes running right now.",
                                 value=sched.in_flight if sched else 0)
-        skipped = prometheus_client.core.CounterMetricFamily(
+        skipped = CounterMetricFamily(
             "stackwatch_scheduler_skipped_runs",
             "Scheduled probe runs skipped because the previous run of the target ended late.",
             value=sched.skipped if sched else 0)
@@ -239,7 +243,7 @@ class _LiveCollector:
         stuck = GaugeMetricFamily("stackwatch_blocking_calls_stuck",
                                   "Blocking client calls (SQL drivers, Algorand SDK) abandoned at their deadline "
                                   "whose thread is still running.", labels=["kind"])
-        abandoned = prometheus_client.core.CounterMetricFamily(
+        abandoned = CounterMetricFamily(
             "stackwatch_blocking_calls_abandoned",
             "Blocking client calls abandoned at their probe's deadline (capacity is not lost to them).",
             labels=["kind"])
@@ -251,20 +255,20 @@ class _LiveCollector:
         yield stuck
         yield abandoned
         if sched is not None:
-            yield prometheus_client.core.CounterMetricFamily(
+            yield CounterMetricFamily(
                 "stackwatch_probe_requests_joined",
                 "Runs that joined a run of the same target already in flight (single flight).", value=sched.joined)
-            yield prometheus_client.core.CounterMetricFamily(
+            yield CounterMetricFamily(
                 "stackwatch_probe_requests_refused",
                 "/probe calls refused with 503 because too many were waiting.", value=sched.probe_refused)
         web = getattr(ex, "listener_stats", None)
         if web is not None:
             yield GaugeMetricFamily("stackwatch_http_connections_open",
                                     "Connections open to stackwatch's own HTTP server.", value=web.open)
-            yield prometheus_client.core.CounterMetricFamily(
+            yield CounterMetricFamily(
                 "stackwatch_http_connections_refused",
                 "Connections closed at accept because the connection limit was reached.", value=web.refused)
-            yield prometheus_client.core.CounterMetricFamily(
+            yield CounterMetricFamily(
                 "stackwatch_http_header_timeouts",
                 "Connections closed because a request head did not arrive in time.", value=web.header_timeouts)
         yield HistogramMetricFamily(
