@@ -100,7 +100,7 @@ RULES = [
     (("stackwatch.config",), ("stackwatch.probes", *ABOVE_PROBES)),
     (("stackwatch.probes",), ABOVE_PROBES),
     (("stackwatch.probes.base",), ("stackwatch.probes.",)),
-    (tuple(f"stackwatch.probes.{h}" for h in ("httpclient", "rawtransport", "sqldb", "jsonquery")), KIND_MODULES),
+    (tuple(f"stackwatch.probes.{h}" for h in ("httpclient", "http1", "sqldb", "jsonquery")), KIND_MODULES),
     (("stackwatch.runner", "stackwatch.scheduler", "stackwatch.store"),
      ("stackwatch.kinds", "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
       "stackwatch.demo", "stackwatch.exposition", *KIND_MODULES)),
@@ -110,6 +110,12 @@ RULES = [
 ]
 
 
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    """``module`` is one of ``prefixes`` or inside one ("a.b." entries match by prefix)."""
+    return any(module.startswith(p) if p.endswith(".") else module == p or module.startswith(p + ".")
+               for p in prefixes)
+
+
 def violations(graph: dict[str, set[str]]) -> list[str]:
     out = []
     for importers, forbidden in RULES:
@@ -117,7 +123,7 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
             if not mod.startswith(importers) or mod in ("stackwatch.probes",) and "stackwatch.probes" not in importers:
                 continue
             for d in deps:
-                if d.startswith(forbidden) and not (d.startswith("stackwatch.probes.") and mod == d):
+                if _under(d, forbidden) and not (d.startswith("stackwatch.probes.") and mod == d):
                     out.append(f"{mod} imports {d}")
     return sorted(set(out))
 

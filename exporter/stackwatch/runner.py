@@ -66,6 +66,6 @@ class Probers:
             log.debug("probe %s raised", target.name, exc_info=True)
             result = ctx.failure(Reason.INTERNAL,
                                  f"probe raised {type(exc).__name__}: {scrub(str(exc), target.secrets())}")
-        result.duration = time.perf_counter() - started
+        result.duration = ctx.latency if ctx.latency is not None else time.perf_counter() - started
         result.finished_at = time.time()
         return result

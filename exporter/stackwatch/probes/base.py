@@ -189,7 +189,7 @@ class ProbeContext:
     """What a probe gets besides its config: the deadline, its kind's state, and somewhere to
     put results."""
 
-    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "state", "_start")
+    __slots__ = ("target", "deadline", "samples", "log_lines", "verbose", "state", "latency", "_start", "_forms")
 
     def __init__(self, target: TargetConfig, timeout: float, verbose: bool = True, state: Any = None):
         self.target = target
@@ -202,6 +202,16 @@ class ProbeContext:
         self.deadline = self._start + timeout
         self.samples: list[tuple[Family, Labels, float]] = []
         self.log_lines: list[str] = []
+        self.latency: float | None = None
+        """Set by a probe that measured its target's latency itself (the HTTP kinds: from the
+        protocol callbacks' timestamps); the result's duration then is this, not the wall time
+        of the probe coroutine, which includes the exporter's own queueing."""
+        self._forms: list[str] | None = None
+
+    def forms(self) -> list[str]:
+        if self._forms is None:
+            self._forms = self.target.secret_forms()
+        return self._forms
 
     def remaining(self) -> float:
         """Seconds left before the hard deadline (never negative)."""
@@ -209,7 +219,7 @@ class ProbeContext:
 
     def sample(self, family: Family, value: float, /, **labels: str) -> None:
         if labels:
-            forms = self.target.secret_forms()
+            forms = self.forms()
             if forms:  # a label value read from a response may echo a secret this target sent
                 labels = {k: mask_forms(v, forms) for k, v in labels.items()}
         self.samples.append((family, tuple(labels.items()), float(value)))
@@ -220,7 +230,7 @@ class ProbeContext:
             self.log_lines.append(f"{elapsed * 1000:8.1f}ms {self.scrub(message)}")
 
     def scrub(self, text: str) -> str:
-        return redact_url(mask_forms(text, self.target.secret_forms()))
+        return redact_url(mask_forms(text, self.forms()))
 
     def success(self) -> ProbeResult:
         return ProbeResult(True, None, "", samples=self.samples, log=self.log_lines)

@@ -84,6 +84,7 @@ async def probe_http(t: HTTPTarget, ctx: ProbeContext) -> ProbeResult:
         ctx.sample(STATUS, 0)
         return ctx.failure(exc.reason, exc.message)
 
+    ctx.latency = resp.elapsed
     ctx.sample(STATUS, resp.status)
     p = resp.phases
     for phase, value in (("connect", p.connect), ("tls", p.tls), ("processing", p.processing), ("transfer", p.transfer)):

@@ -7,9 +7,13 @@ Why the client is set up this way (measured, see bench/RESULTS.md):
 * Fresh connection per probe by default (``max_keepalive_connections=0``), as
   blackbox_exporter does, so a dead listener or a failing handshake is seen, and
   ``Connection: close`` so TIME_WAIT lands on the target.
-* Fresh connections go through :class:`~stackwatch.probes.rawtransport.RawHTTPTransport`, a lean
-  HTTP/1.1 transport under httpx's API: httpcore's pool bookkeeping is O(pool^2) per request
-  and its anyio/h11 layers cost most of a CPU-ms per probe (bench/RESULTS.md).
+* A probe without keep-alive does not go through httpx at all: its request bytes are built once
+  per target (:meth:`HTTPRequest.wire`) and sent by :func:`stackwatch.probes.http1.request`, one
+  asyncio Protocol whose response is parsed by httptools (llhttp).  httpx's client layer (request
+  and header objects, auth and redirect generators, decoders) cost ~0.3 CPU-ms per probe, most of
+  a probe's cost (bench/RESULTS.md).
+* httpx takes over only for what needs it: a redirect to follow (from the first hop's answer on;
+  hops again go through http1, by :class:`H1Transport`) and keep-alive targets.
 * Opt-in keep-alive uses httpx's own pooled transport, small (16), behind a semaphore of the
   same size, so requests never queue inside the pool.
 * ``sniffio`` is a dependency although nothing imports it directly: without it httpcore (used for
@@ -20,8 +24,10 @@ Why the client is set up this way (measured, see bench/RESULTS.md):
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import os
+import re
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -29,15 +35,32 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from cryptography import x509
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from stackwatch import __version__
 from stackwatch.config import ByteSize, Model, Secret, secret_from
+from stackwatch.probes import http1
 from stackwatch.probes.base import KindState, ProbeContext, ProbeFailure, Reason
-from stackwatch.probes.rawtransport import RawHTTPTransport
 from stackwatch.redact import EnvStr, is_secret_name, redact_url
 
 KEEPALIVE_POOL = 16
+USER_AGENT = f"stackwatch/{__version__}"
+REDIRECT_STATUS = (301, 302, 303, 307, 308)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP header name (RFC 9110 token)."""
+_HOP_HEADERS = (b"connection", b"content-length", b"transfer-encoding", b"host")
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A target's request, ready to send: where to connect and the exact bytes."""
+
+    host: str
+    port: int
+    https: bool
+    payload: bytes
+    headers: tuple[tuple[str, str], ...]
+    """The headers in ``payload`` besides Host and Connection (for httpx when a redirect is followed)."""
 
 
 class TLSConfig(Model):
@@ -144,11 +167,18 @@ class HTTPRequest(Model):
         return v
 
     _parsed: httpx.URL | None = PrivateAttr(default=None)
+    _wire: Wire | None = PrivateAttr(default=None)
 
     def parsed_url(self) -> httpx.URL:
         if self._parsed is None:
             self._parsed = httpx.URL(self.url)  # a URL httpx cannot parse fails this probe, named
         return self._parsed
+
+    def wire(self) -> Wire:
+        """The request's bytes, built on the first probe and kept: a probe then writes them as is."""
+        if self._wire is None:
+            self._wire = build_wire(self)
+        return self._wire
 
     @field_validator("headers", mode="before")
     @classmethod
@@ -158,6 +188,9 @@ class HTTPRequest(Model):
         for name, value in v.items():
             if not isinstance(name, str) or not isinstance(value, str):
                 continue
+            if not _TOKEN.match(name):
+                raise ValueError(f"header name {name[:60]!r} is not a valid HTTP header name (letters, digits, "
+                                 "and !#$%&'*+.^_`|~-)")
             secret = is_secret_name(name)
             if secret and not isinstance(value, EnvStr):
                 raise ValueError(f"header {name[:60]}: inline secrets are not accepted; use ${{ENV_VAR}} "
@@ -262,9 +295,10 @@ class HTTPClients(KindState):
             ctx = self.ssl_context(req.tls_config)
             if req.keep_alive:
                 limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
-                client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False)
+                client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False,
+                                     headers={"User-Agent": USER_AGENT})
             else:
-                client = ProbeClient(transport=RawHTTPTransport(ctx), trust_env=False)
+                client = ProbeClient(transport=H1Transport(ctx), trust_env=False, headers={"User-Agent": USER_AGENT})
             c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
             self._clients[key] = c
         return c
@@ -313,26 +347,47 @@ class Phases:
         elif base == "http11.receive_response_body":
             self.transfer += spent
 
+    def add(self, ex: http1.Exchange) -> None:
+        """One exchange's phases, from the timestamps its protocol callbacks took."""
+        self.connect += ex.t_connected - ex.t_start
+        self.tls += ex.t_tls - ex.t_connected
+        self.processing += max(0.0, (ex.t_first or ex.t_done) - ex.t_sent)
+        self.transfer += max(0.0, ex.t_done - ex.t_first) if ex.t_first else 0.0
+        if ex.ssl_object is not None:
+            self._read_ssl(ex.ssl_object)
+
     def _read_tls(self, stream: Any) -> None:
         sslobj = stream.get_extra_info("ssl_object") if stream is not None else None
-        if sslobj is None:
-            return
+        if sslobj is not None:
+            self._read_ssl(sslobj)
+
+    def _read_ssl(self, sslobj: Any) -> None:
         self.tls_version = sslobj.version()
         der = sslobj.getpeercert(binary_form=True)
         if der:
-            # Leaf certificate only: Python 3.11 cannot return the verified chain.
-            expiry = x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+            expiry = _cert_expiry(der)
             self.cert_expiry = expiry if self.cert_expiry is None else min(self.cert_expiry, expiry)
 
 
-@dataclass
+@functools.lru_cache(maxsize=1024)
+def _cert_expiry(der: bytes) -> float:
+    # Leaf certificate only: Python 3.11 cannot return the verified chain.  Cached: a target
+    # presents the same certificate probe after probe, and parsing it costs ~50 us.
+    from cryptography import x509  # imported with the first TLS answer (~15 MB of RSS)
+
+    return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+
+
+@dataclass(slots=True)
 class Response:
     status: int
-    headers: httpx.Headers
     body: bytes
     redirects: int
     http_version: str
     phases: Phases
+    elapsed: float
+    """Seconds from the connection attempt to the last byte of the (last) response, taken in the
+    protocol callbacks: the target's latency, without the exporter's own queueing."""
 
 
 def _classify(exc: BaseException) -> tuple[Reason, str]:
@@ -352,35 +407,138 @@ def _classify(exc: BaseException) -> tuple[Reason, str]:
     return Reason.CONNECTION, f"{type(exc).__name__}: {exc or 'connection closed'}"
 
 
-async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
-    """Send the request within the context's deadline; raise ProbeFailure with a reason on any failure.
-
-    Checks the status code and the body size limit.  The body is read in chunks and the
-    read stops as soon as the limit is passed, so a huge body never grows memory.
-    """
-    c = clients.client_for(req)
-    phases = Phases()
-    headers = dict(req.headers)
-    if not req.keep_alive:
-        headers.setdefault("Connection", "close")
-    auth = None
+def build_wire(req: HTTPRequest) -> Wire:
+    try:
+        url = req.parsed_url()
+    except httpx.InvalidURL as exc:
+        raise ProbeFailure(Reason.INTERNAL, f"cannot use the URL: {exc}") from None
+    https = url.scheme == "https"
+    headers: dict[str, str] = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
+    lower = {k.lower(): k for k in headers}
+    for name, value in req.headers.items():
+        if name.lower() in ("connection", "content-length", "transfer-encoding", "host"):
+            continue  # framing is ours; the Host header follows the URL
+        headers.pop(lower.pop(name.lower(), name), None)
+        headers[name] = value
     if req.basic_auth is not None:
         pw = req.basic_auth.password.get_secret_value() if req.basic_auth.password else ""
-        auth = httpx.BasicAuth(req.basic_auth.username, pw)
+        token = base64.b64encode(f"{req.basic_auth.username}:{pw}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     if req.authorization is not None:
         creds = req.authorization.credentials
         assert isinstance(creds, SecretStr)
         headers["Authorization"] = f"{req.authorization.type} {creds.get_secret_value()}"
+    body = req.body.encode() if req.body is not None else b""
+    lines = [f"{req.method} ".encode() + url.raw_path + b" HTTP/1.1", b"Host: " + url.netloc]
+    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    if body or req.method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}".encode())
+    lines.append(b"Connection: close")
+    payload = b"\r\n".join(lines) + b"\r\n\r\n" + body
+    return Wire(url.host, url.port or (443 if https else 80), https, payload, tuple(headers.items()))
+
+
+class H1Transport(httpx.AsyncBaseTransport):
+    """httpx's transport for redirect hops: each hop is one :func:`http1.request`, as a first
+    request is.  The body limit and deadline come in the request's extensions."""
+
+    def __init__(self, ssl_context: ssl.SSLContext):
+        self._ssl = ssl_context
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        https = url.scheme == "https"
+        body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        lines = [request.method.encode() + b" " + url.raw_path + b" HTTP/1.1"]
+        lines += [n + b": " + v for n, v in request.headers.raw if n.lower() not in _HOP_HEADERS]
+        lines.insert(1, b"Host: " + url.netloc)
+        if body or request.method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}".encode())
+        lines.append(b"Connection: close")
+        ext = request.extensions
+        limit = ext.get("stackwatch.body_limit", 1024 * 1024)
+        ex = await http1.request(
+            url.host, url.port or (443 if https else 80), b"\r\n".join(lines) + b"\r\n\r\n" + body,
+            deadline=ext["stackwatch.deadline"], body_limit=limit, head_request=request.method == "HEAD",
+            ssl_context=self._ssl if https else None, server_hostname=ext.get("sni_hostname"))
+        phases = ext.get("trace")
+        if isinstance(phases, Phases):
+            phases.add(ex)
+        content = http1.decode(ex.body, ex.header(b"content-encoding"), limit)
+        headers = [(n, v) for n, v in ex.headers if n.lower() != b"content-encoding"]
+        return httpx.Response(ex.status, headers=headers, stream=httpx.ByteStream(content),
+                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": ex.reason})
+
+
+async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
+    """Send the request within the context's deadline; raise ProbeFailure with a reason on any failure.
+
+    Checks the body size limit (declared and read; decoded bodies too).  The body is read as it
+    arrives and the read stops as soon as the limit is passed, so a huge body never grows memory.
+    """
+    if req.keep_alive:
+        return await _fetch_httpx(req, ctx, clients)
+    w = req.wire()
+    if ctx.verbose:
+        ctx.log(f"{req.method} {redact_url(req.url)} (timeout {ctx.remaining():.3f}s)")
+    ex = await http1.request(
+        w.host, w.port, w.payload, deadline=ctx.deadline, body_limit=req.body_size_limit,
+        head_request=req.method == "HEAD", ssl_context=clients.ssl_context(req.tls_config) if w.https else None,
+        server_hostname=req.tls_config.server_name)
+    phases = Phases()
+    phases.add(ex)
+    if ex.status in REDIRECT_STATUS and req.follow_redirects and ex.header(b"location"):
+        return await _follow(req, ctx, clients, w, ex, phases)
+    body = http1.decode(ex.body, ex.header(b"content-encoding"), req.body_size_limit)
+    if ctx.verbose:
+        ctx.log(f"HTTP {ex.status} {ex.reason.decode('latin-1')}, {len(body)} body bytes")
+    return Response(ex.status, body, 0, "HTTP/1.1", phases, ex.t_done - ex.t_start)
+
+
+async def _follow(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients, w: Wire, first: http1.Exchange,
+                  phases: Phases) -> Response:
+    """The rest of a redirect chain, through httpx (which knows the rules: method changes,
+    origin checks, limits), its hops sent by :class:`H1Transport`."""
+    client = clients.client_for(req).client
+    extensions: dict[str, Any] = {"trace": phases, "stackwatch.deadline": ctx.deadline,
+                                  "stackwatch.body_limit": req.body_size_limit}
+    if req.tls_config.server_name:
+        extensions["sni_hostname"] = req.tls_config.server_name
+    request = client.build_request(req.method, req.parsed_url(), headers=list(w.headers), content=req.body,
+                                   extensions=extensions)
+    answer = httpx.Response(first.status, headers=first.headers, request=request)
+    if ctx.verbose:
+        ctx.log(f"HTTP {first.status} {first.reason.decode('latin-1')}: following the redirect")
+    try:
+        nxt = client._build_redirect_request(request, answer)
+        resp = await client.send(nxt, follow_redirects=True)
+    except httpx.TooManyRedirects:
+        raise ProbeFailure(Reason.HTTP_STATUS, "too many redirects") from None
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.RemoteProtocolError) as exc:
+        raise ProbeFailure(Reason.HTTP_STATUS, f"cannot follow the redirect: {exc}") from None
+    if ctx.verbose:
+        ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history) + 1} redirect(s), "
+                f"{len(resp.content)} body bytes")
+    return Response(resp.status_code, resp.content, len(resp.history) + 1, "HTTP/1.1", phases,
+                    time.monotonic() - first.t_start)
+
+
+async def _fetch_httpx(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
+    """A keep-alive target: httpx's own pooled transport."""
+    c = clients.client_for(req)
+    phases = Phases()
+    headers = dict(req.wire().headers)
     extensions: dict[str, Any] = {"trace": phases}
     if req.tls_config.server_name:
         extensions["sni_hostname"] = req.tls_config.server_name
     timeout = httpx.Timeout(max(ctx.remaining(), 0.001))
-    ctx.log(f"{req.method} {redact_url(req.url)} (timeout {ctx.remaining():.3f}s)")
-    if c.gate is not None:
-        await c.gate.acquire()
+    ctx.log(f"{req.method} {redact_url(req.url)} (timeout {ctx.remaining():.3f}s, keep-alive)")
+    started = time.monotonic()
+    assert c.gate is not None
+    await c.gate.acquire()
     try:
         async with c.client.stream(
-            req.method, req.parsed_url(), headers=headers, content=req.body, auth=auth,
+            req.method, req.parsed_url(), headers=headers, content=req.body,
             follow_redirects=req.follow_redirects, timeout=timeout, extensions=extensions,
         ) as resp:
             ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history)} redirect(s)")
@@ -396,8 +554,8 @@ async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Re
                     raise ProbeFailure(Reason.BODY_TOO_LARGE,
                                        f"body is over the body_size_limit of {req.body_size_limit} bytes")
                 chunks.append(chunk)
-            response = Response(resp.status_code, resp.headers, b"".join(chunks), len(resp.history),
-                                resp.http_version, phases)
+            response = Response(resp.status_code, b"".join(chunks), len(resp.history), resp.http_version, phases,
+                                time.monotonic() - started)
     except ProbeFailure:
         raise
     except httpx.TimeoutException as exc:
@@ -408,7 +566,6 @@ async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Re
         reason, message = _classify(exc)
         raise ProbeFailure(reason, message) from None
     finally:
-        if c.gate is not None:
-            c.gate.release()
+        c.gate.release()
     ctx.log(f"read {len(response.body)} body bytes")
     return response

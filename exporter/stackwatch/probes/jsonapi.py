@@ -163,6 +163,7 @@ def extract(t: JSONTarget, doc: Any, ctx: ProbeContext) -> tuple[list[tuple[Fami
 async def probe_json(t: JSONTarget, ctx: ProbeContext) -> ProbeResult:
     try:
         resp = await fetch(t, ctx, ctx.state)
+        ctx.latency = resp.elapsed
         t.check_status(resp.status)
     except ProbeFailure as exc:
         return ctx.failure(exc.reason, exc.message)
