@@ -2,7 +2,9 @@
 
 Two rings of buckets per target: 96 quarter-hours (the 24 h bar) and 90 days (the 90-day bar),
 each bucket counting probes and successes, plus the last 120 probe durations for the latency
-chart.  Arrays of machine integers: about 2 KB per target, untracked by the cyclic GC.  It covers
+chart.  Arrays of machine numbers (bucket ids and counts as 32-bit integers, quarter-hour counts
+as 16-bit ones, durations and times as 32-bit floats): about 3 KB per target
+(bench/memory.py).  It covers
 only the time since stackwatch started; with ``--prometheus.url`` the status page reads history
 from Prometheus instead, which survives restarts and spans its retention.
 """
@@ -19,19 +21,22 @@ DAY = 86400.0
 class Ring:
     """``slots`` buckets of ``width`` seconds; old buckets are reused as time moves on."""
 
-    __slots__ = ("width", "ids", "total", "ok")
+    __slots__ = ("width", "ids", "total", "ok", "_max")
 
-    def __init__(self, slots: int, width: float):
+    def __init__(self, slots: int, width: float, count_type: str = "I"):
         self.width = width
-        self.ids = array("q", [-1]) * slots
-        self.total = array("I", [0]) * slots
-        self.ok = array("I", [0]) * slots
+        self.ids = array("i", [-1]) * slots  # bucket numbers since the epoch: 2^31 quarter-hours is 61,000 years
+        self.total = array(count_type, [0]) * slots
+        self.ok = array(count_type, [0]) * slots
+        self._max = 2 ** (8 * self.total.itemsize) - 1
 
     def add(self, at: float, success: bool) -> None:
         bucket = int(at // self.width)
         i = bucket % len(self.ids)
         if self.ids[i] != bucket:
             self.ids[i], self.total[i], self.ok[i] = bucket, 0, 0
+        if self.total[i] == self._max:  # a probe every 14 ms or faster: keep the ratio, stop counting
+            return
         self.total[i] += 1
         if success:
             self.ok[i] += 1
@@ -59,29 +64,39 @@ class Bucket:
 
 
 class History:
-    __slots__ = ("day", "quarter", "durations", "times", "_next")
+    __slots__ = ("day", "quarter", "durations", "times", "_next", "_base")
 
     LATENCY_POINTS = 120
 
     def __init__(self) -> None:
-        self.quarter = Ring(96, QUARTER)
+        self.quarter = Ring(96, QUARTER, "H")  # at most 900 s / 14 ms probes per quarter-hour
         self.day = Ring(90, DAY)
-        self.durations = array("d", [0.0]) * self.LATENCY_POINTS
-        self.times = array("d", [0.0]) * self.LATENCY_POINTS
+        self.durations = array("f", [0.0]) * self.LATENCY_POINTS
+        self.times = array("f", [0.0]) * self.LATENCY_POINTS
+        """Seconds since ``_base``: a 32-bit float is exact to 2 ms within a day of it."""
         self._next = 0
+        self._base = 0.0
 
     def add(self, at: float, success: bool, duration: float) -> None:
         self.quarter.add(at, success)
         self.day.add(at, success)
+        if not self._next or at - self._base > DAY:
+            self._rebase(at)
         i = self._next % self.LATENCY_POINTS
-        self.durations[i], self.times[i] = duration, at
+        self.durations[i], self.times[i] = duration, at - self._base
         self._next += 1
+
+    def _rebase(self, at: float) -> None:
+        shift = at - self._base if self._next else 0.0
+        for i in range(self.LATENCY_POINTS):
+            self.times[i] -= shift
+        self._base = at
 
     def latency(self) -> list[tuple[float, float]]:
         """(time, seconds) of the last probes, oldest first."""
         n = min(self._next, self.LATENCY_POINTS)
         start = self._next - n
-        return [(self.times[j % self.LATENCY_POINTS], self.durations[j % self.LATENCY_POINTS])
+        return [(self._base + self.times[j % self.LATENCY_POINTS], self.durations[j % self.LATENCY_POINTS])
                 for j in range(start, self._next)]
 
 

@@ -12,6 +12,7 @@ import bisect
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from stackwatch.config import Config, TargetConfig
 from stackwatch.history import History
@@ -62,10 +63,12 @@ class TargetState:
     # array, not list: an array of ints is not tracked by the cyclic GC
     buckets: array[int] = field(default_factory=lambda: array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1))))
     duration_sum: float = 0.0
-    chunks: dict[str, bytes] = field(default_factory=dict)
-    """Rendered exposition lines by family name, written by the collector."""
-    hist_prefixes: tuple[str, ...] = ()
-    """Cached histogram line prefixes, written by the collector."""
+    blob: bytes = b""
+    """Rendered exposition lines, family after family, written by the collector."""
+    offs: array[int] | None = None
+    """Where each family's lines start in ``blob`` (and where the last ends)."""
+    layout: Any = None
+    """The collector's Layout: which family is at which position of ``offs``."""
     history: History | None = None
     """Probe history since start (status page without Prometheus); created with the first result."""
 
