@@ -21,10 +21,6 @@ import urllib.request
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from algosdk import encoding
-from algosdk.error import AlgodHTTPError, AlgodResponseError, IndexerHTTPError
-from algosdk.v2client.algod import AlgodClient
-from algosdk.v2client.indexer import IndexerClient
 from pydantic import Field, field_validator, model_validator
 
 from stackwatch.config import Duration, Model, Secret, TargetConfig, secret_from
@@ -52,6 +48,7 @@ NETWORKS = {
 
 
 def _address(v: Any) -> str:
+    from algosdk import encoding  # imported with the first Algorand target (~15 MB)
     # is_valid_address accepts both values of the last character's 2 padding bits; a
     # decode/encode round trip does not.
     if not isinstance(v, str) or not encoding.is_valid_address(v) or encoding.encode_address(encoding.decode_address(v)) != v:
@@ -227,6 +224,7 @@ class _Budget:
 
 
 def _classify(exc: BaseException, what: str) -> ProbeFailure:
+    from algosdk.error import AlgodHTTPError, AlgodResponseError, IndexerHTTPError
     if isinstance(exc, ProbeFailure):
         return exc
     if isinstance(exc, AlgodHTTPError):
@@ -270,6 +268,9 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the Algorand thread pool.  Appends samples to ``out`` as it goes, so a failure
     half-way keeps what was learnt; returns (failure reason or None, message) or raises ProbeFailure."""
+    from algosdk.error import AlgodHTTPError, IndexerHTTPError
+    from algosdk.v2client.algod import AlgodClient
+    from algosdk.v2client.indexer import IndexerClient
     budget = _Budget(deadline)
     token = t.algod_token.get_secret_value() if t.algod_token else ""
     algod = AlgodClient(token, t.algod_url)

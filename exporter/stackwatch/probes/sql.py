@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
-from sqlalchemy import Connection, inspect, text
 
 from stackwatch.config import (
     Duration,
@@ -41,6 +40,9 @@ from stackwatch.probes.base import (
     sanitize_label_value,
 )
 from stackwatch.probes.blocking import BlockingRunner
+
+if TYPE_CHECKING:  # SQLAlchemy is imported when a SQL target is loaded, not with stackwatch
+    from sqlalchemy import Connection
 
 
 class SQLQuery(Model):
@@ -195,6 +197,7 @@ class SQLState(KindState):
 
 
 def _check_schema(conn: Connection, t: SQLTarget, out: list, problems: list[str]) -> None:
+    from sqlalchemy import inspect
     exp = t.schema_expectations
     assert exp is not None
     insp = inspect(conn)  # a fresh Inspector per probe: it caches reflection results
@@ -235,6 +238,7 @@ def _check_schema(conn: Connection, t: SQLTarget, out: list, problems: list[str]
 
 
 def _check_migrations(conn: Connection, t: SQLTarget, out: list, problems: list[str]) -> None:
+    from sqlalchemy import inspect, text
     m = t.migrations
     assert m is not None
     schema = t.schema_expectations.schema_name if t.schema_expectations else None
@@ -260,6 +264,7 @@ def _check_migrations(conn: Connection, t: SQLTarget, out: list, problems: list[
 
 
 def _saturation(conn: Connection, dialect: str, out: list) -> None:
+    from sqlalchemy import text
     if dialect == "postgresql":
         # pg_stat_database.numbackends counts every client backend whatever the probe role may
         # see; pg_stat_activity hides other roles' rows from roles without pg_monitor.
@@ -281,6 +286,7 @@ def _saturation(conn: Connection, dialect: str, out: list) -> None:
 
 def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems: list[str],
                dialect: str, is_mariadb: bool, deadline: float, state: SQLState) -> None:
+    from sqlalchemy import text
     key = (t.name, q.name)
     now = time.monotonic()
     if q.min_interval:
