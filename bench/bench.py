@@ -68,6 +68,14 @@ asyncio.run(main())
 '''
 
 
+def stackwatch_version() -> str:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent).stdout.strip()
+    return f"{rev}{'+changes' if dirty else ''}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,7 +171,8 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*pin(0), sys.executable, "-m", "stackwatch", "--config.file", str(cfg),
-                             "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error"])
+                             "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error",
+                             "--event-loop", args.loop])
     try:
         for _ in range(200):
             try:
@@ -245,11 +254,31 @@ async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: in
     return done
 
 
+PEERS_BIN = Path(__file__).resolve().parent.parent / ".peers" / "root" / "usr" / "bin"
+
+
+def blackbox_binary() -> tuple[str, str] | None:
+    """The newest blackbox_exporter here: .peers/ (tools/fetch-peers.sh, the current release from
+    Debian testing) first, else Debian 12's.  Returns (path, version)."""
+    found = []
+    for path in (PEERS_BIN / "prometheus-blackbox-exporter", shutil.which("prometheus-blackbox-exporter")):
+        if path and Path(path).is_file():
+            out = subprocess.run([str(path), "--version"], capture_output=True, text=True).stdout
+            out += subprocess.run([str(path), "--version"], capture_output=True, text=True).stderr
+            version = out.split("version ", 1)[1].split()[0] if "version " in out else "unknown"
+            found.append((tuple(int(x) for x in version.split(".") if x.isdigit()), str(path), version))
+    if not found:
+        return None
+    _, path, version = max(found)
+    return path, version
+
+
 def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: Path,
                  rate: float | None = None) -> dict[str, float] | None:
-    binary = shutil.which("prometheus-blackbox-exporter")
-    if not binary:
+    found = blackbox_binary()
+    if not found:
         return None
+    binary, version = found
     cfg = tmp / "blackbox.yml"
     cfg.write_text("modules:\n  http_2xx:\n    prober: http\n    timeout: 5s\n    http:\n"
                    "      preferred_ip_protocol: ip4\n      fail_if_body_not_matches_regexp: ['healthy']\n")
@@ -269,7 +298,7 @@ def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: P
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency, rate))
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
-        return {"probes": probes, "succeeded": ok, "probes_per_s": probes / (t1 - t0),
+        return {"version": version, "probes": probes, "succeeded": ok, "probes_per_s": probes / (t1 - t0),
                 "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / probes, "rss_mb": rss_mb(proc.pid)}
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -284,6 +313,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--scrape-every", type=float, default=2.0, help="seconds between /metrics scrapes")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="stackwatch's --event-loop")
     args = parser.parse_args()
 
     # This process (scraper, parser, blackbox driver) shares CPU 1 with the target server, so it
@@ -299,6 +330,8 @@ def main() -> None:
         results: dict[str, object] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "interval_s": args.interval,
+            "blackbox_exporter": (blackbox_binary() or (None, None))[1], "stackwatch": stackwatch_version(),
+            "event_loop": args.loop,
             "window_s": args.window, "concurrency": args.concurrency, "runs": []}
         try:
             for n in args.targets:

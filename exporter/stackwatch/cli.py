@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import asyncio
 import os
@@ -62,12 +64,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard.count", dest="shard_count", type=int,
                    default=int(os.environ.get("STACKWATCH_SHARD_COUNT", "1")),
                    help="replicas sharing the config; each probes only its shard's targets (default: %(default)s)")
+    p.add_argument("--event-loop", dest="event_loop", default=os.environ.get("STACKWATCH_EVENT_LOOP", "asyncio"),
+                   choices=["asyncio", "uvloop", "auto"],
+                   help="the asyncio event loop: asyncio (default), uvloop (pip install 'stackwatch[uvloop]'), or "
+                        "auto: uvloop when installed (bench/RESULTS.md has the figures)")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--config.check", dest="config_check", action="store_true",
                    help="validate the config file and exit, like check-config")
     p.add_argument("--version", action="version", version=f"stackwatch {__version__}")
     return p
+
+
+def _event_loop_runner(choice: str) -> Any:
+    """asyncio.run, or uvloop.run for ``uvloop`` (ImportError if missing) and for ``auto`` when installed."""
+    if choice == "asyncio":
+        return asyncio.run
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        return asyncio.run
+    return uvloop.run
 
 
 def _shard(index: str, count: int) -> tuple[int, int]:
@@ -188,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     exporter.remotes.prometheus = args.prometheus_url
     exporter.remotes.alertmanager = args.alertmanager_url
     try:
-        asyncio.run(serve(exporter, args.listen, args.enable_lifecycle, limits))
+        runner = _event_loop_runner(args.event_loop)
+    except ImportError:
+        print("stackwatch: --event-loop uvloop: uvloop is not installed (pip install 'stackwatch[uvloop]')",
+              file=sys.stderr)
+        return 2
+    try:
+        runner(serve(exporter, args.listen, args.enable_lifecycle, limits))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1
