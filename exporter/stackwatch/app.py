@@ -67,9 +67,10 @@ class Exporter:
             await self.scheduler.stop()
         await self.probers.close()
         await self.remotes.close()
+        self.collector.close()
 
     def _load(self) -> tuple[Config, WebConfig]:
-        return (load_config(self.config_path, kinds=self.kinds).shard(*self.shard),
+        return (load_config(self.config_path, kinds=self.kinds, shard=self.shard),
                 load_web_config(self.web_config_path))
 
     async def reload(self) -> tuple[bool, str]:

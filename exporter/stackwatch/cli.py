@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import asyncio
 import os
@@ -11,6 +9,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from stackwatch import __version__
 from stackwatch.config import ConfigError
@@ -64,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard.count", dest="shard_count", type=int,
                    default=int(os.environ.get("STACKWATCH_SHARD_COUNT", "1")),
                    help="replicas sharing the config; each probes only its shard's targets (default: %(default)s)")
+    p.add_argument("--workers", dest="workers", default=os.environ.get("STACKWATCH_WORKERS", "0"),
+                   help="run N processes (or auto: one per CPU), each probing one shard of the targets on its "
+                        "own port (the next ports after --web.listen-address); the main address serves /sd for "
+                        "Prometheus's http_sd_configs (default: one process)")
     p.add_argument("--event-loop", dest="event_loop", default=os.environ.get("STACKWATCH_EVENT_LOOP", "asyncio"),
                    choices=["asyncio", "uvloop", "auto"],
                    help="the asyncio event loop: asyncio (default), uvloop (pip install 'stackwatch[uvloop]'), or "
@@ -74,6 +77,53 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate the config file and exit, like check-config")
     p.add_argument("--version", action="version", version=f"stackwatch {__version__}")
     return p
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The command-line options every worker gets (each adds its address and shard)."""
+    out = ["--config.file", args.config_file, "--log.level", args.log_level, "--log.format", args.log_format,
+           "--event-loop", args.event_loop, "--web.max-connections", str(args.max_connections),
+           "--web.read-header-timeout", str(args.header_timeout), "--web.idle-timeout", str(args.idle_timeout)]
+    if args.web_config:
+        out += ["--web.config.file", args.web_config]
+    if args.enable_lifecycle:
+        out.append("--web.enable-lifecycle")
+    if args.prometheus_url:
+        out += ["--prometheus.url", args.prometheus_url]
+    if args.alertmanager_url:
+        out += ["--alertmanager.url", args.alertmanager_url]
+    return out
+
+
+def _supervise(args: argparse.Namespace, workers: int) -> int:
+    """``--workers N``: check the config once (in a child process, so the supervisor never holds
+    the targets' models), then run the workers."""
+    import subprocess
+
+    from stackwatch.server import parse_listen
+    from stackwatch.webconfig import load_web_config
+    from stackwatch.workers import Supervisor, supervise
+
+    try:
+        web = load_web_config(args.web_config)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    check = subprocess.run([sys.executable, "-m", "stackwatch", "check-config", args.config_file],
+                           stdout=subprocess.DEVNULL)
+    if check.returncode != 0:
+        return 1  # check-config printed the located errors
+    host, port = parse_listen(args.listen)
+    env_clean = {k: v for k, v in os.environ.items() if k not in ("STACKWATCH_WORKERS", "STACKWATCH_SHARD_INDEX",
+                                                                   "STACKWATCH_SHARD_COUNT")}
+    os.environ.clear()
+    os.environ.update(env_clean)  # the workers are single processes with their own shard
+    try:
+        asyncio.run(supervise(Supervisor(host, port, workers, _worker_args(args), web)))
+    except OSError as exc:
+        print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _event_loop_runner(choice: str) -> Any:
@@ -191,19 +241,33 @@ def main(argv: list[str] | None = None) -> int:
     from stackwatch.webconfig import load_web_config
 
     try:
-        config = load_config(args.config_file)
-        web = load_web_config(args.web_config)
-    except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 1
-    try:
         shard = _shard(args.shard_index, args.shard_count)
     except ValueError as exc:
         print(f"stackwatch: {exc}", file=sys.stderr)
         return 2
+    from stackwatch.workers import worker_count
+
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"stackwatch: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        if shard != (0, 1):
+            print("stackwatch: --workers and --shard.* exclude each other (the workers are the shards)",
+                  file=sys.stderr)
+            return 2
+        return _supervise(args, workers)
+    try:
+        config = load_config(args.config_file, shard=shard)  # only this shard's targets are kept
+        web = load_web_config(args.web_config)
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
     limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                     idle_timeout=max(0.5, args.idle_timeout))
     exporter = Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard)
+    del config  # the exporter holds what it probes
     exporter.remotes.prometheus = args.prometheus_url
     exporter.remotes.alertmanager = args.alertmanager_url
     try:

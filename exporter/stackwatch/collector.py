@@ -20,6 +20,7 @@ import platform
 import time
 import zlib
 from array import array
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -317,6 +318,7 @@ class Collector:
         self._cache: dict[tuple[bool, bool], _Body] = {}
         self._rebuilding: dict[tuple[bool, bool], asyncio.Task[_Body]] = {}
         self._locks: dict[tuple[bool, bool], asyncio.Lock] = {}
+        self._zipper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stackwatch-gzip")
 
     def render_state(self, state: TargetState, result: ProbeResult | None) -> None:
         samples = result.samples if result is not None else ()
@@ -355,6 +357,9 @@ class Collector:
                 if fam.name not in FAMILIES:
                     self._dynamic[fam.name] = fam
 
+    def close(self) -> None:
+        self._zipper.shutdown(wait=False)
+
     @staticmethod
     def lines_of(state: TargetState, name: str) -> bytes:
         """One family's rendered lines of a target (b"" if it has none)."""
@@ -378,21 +383,46 @@ class Collector:
         version = self.store.version
         states = list(self.store.states.values())
         z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if compress else None
+        loop = asyncio.get_running_loop()
         parts: list[bytes] = []
+        pending: list[bytes] = []
+        pending_size = 0
+
+        async def compress_pending() -> None:
+            nonlocal pending_size
+            data = b"".join(pending)
+            pending.clear()
+            pending_size = 0
+            assert z is not None
+            # In the collector's own thread (zlib releases the GIL): ~5 ms per MB that the event
+            # loop, and the probes' timestamps, do not wait for.
+            parts.append(await loop.run_in_executor(self._zipper, z.compress, data))
+
         for name in self.families_in_use():
             fam = FAMILIES.get(name) or self._dynamic[name]
             head = header(fam.name, fam.type, fam.help, openmetrics).encode()
-            parts.append(z.compress(head) if z else head)
+            pieces = [head]
             for i in range(0, len(states), 1000):
-                piece = b"".join([s.blob[s.offs[j]:s.offs[j + 1]] for s in states[i:i + 1000]
-                                  if s.layout is not None and (j := s.layout.index.get(name)) is not None])
-                if z is not None:
-                    piece = z.compress(piece)
-                if piece:
-                    parts.append(piece)
+                pieces.append(b"".join([s.blob[s.offs[j]:s.offs[j + 1]] for s in states[i:i + 1000]
+                                        if s.layout is not None and (j := s.layout.index.get(name)) is not None]))
+                if z is None:
+                    parts += pieces
+                else:
+                    pending += pieces
+                    pending_size += sum(map(len, pieces))
+                    if pending_size >= COMPRESS_CHUNK:
+                        await compress_pending()
+                pieces = []
                 if len(states) > 1000:
                     await asyncio.sleep(0)
+            if z is None:
+                parts += pieces
+            else:
+                pending += pieces
+                pending_size += sum(map(len, pieces))
         if z is not None:
+            if pending:
+                await compress_pending()
             parts.append(z.flush())
         return _Body(version, time.monotonic(), b"".join(parts))
 
@@ -457,6 +487,8 @@ class _Body:
 
 LARGE = 2000
 STALE_AFTER = 5.0
+COMPRESS_CHUNK = 256 * 1024
+"""Uncompressed bytes handed to the gzip thread at a time."""
 UNUSED_AFTER = 60.0
 """A cached body of a format nobody asked for in this long is dropped."""
 

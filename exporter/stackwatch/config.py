@@ -480,8 +480,10 @@ KindModels = Mapping[str, type["TargetConfig"]]
 MAX_FILE_BYTES = 32 * 1024 * 1024
 
 
-def load_config(path: str | Path, env: dict[str, str] | None = None, *, kinds: KindModels) -> Config:
-    """Load and validate a config file; raise ConfigError listing every problem."""
+def load_config(path: str | Path, env: dict[str, str] | None = None, *, kinds: KindModels,
+                shard: tuple[int, int] = (0, 1)) -> Config:
+    """Load and validate a config file; raise ConfigError listing every problem.  With ``shard``
+    (index, count) every target is validated but only the shard's are kept (Config.shard)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -491,7 +493,7 @@ def load_config(path: str | Path, env: dict[str, str] | None = None, *, kinds: K
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError(str(path), [Problem("", None, None,
                                               f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")])
-    return parse_config(decode(raw, str(path)), str(path), env, kinds=kinds)
+    return parse_config(decode(raw, str(path)), str(path), env, kinds=kinds, shard=shard)
 
 
 def decode(raw: bytes, source: str) -> str:
@@ -520,11 +522,11 @@ def _line_hint(text: str, line: int | None) -> str:
 
 
 def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None, *,
-                 kinds: KindModels) -> Config:
+                 kinds: KindModels, shard: tuple[int, int] = (0, 1)) -> Config:
     """Parse and validate a config; raise ConfigError listing every problem.  Nothing a file
     holds makes this raise anything else: hostile input gets a located error, not a crash."""
     try:
-        return _parse_config(text, source, env, kinds)
+        return _parse_config(text, source, env, kinds, shard)
     except ConfigError:
         raise
     except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
@@ -533,7 +535,8 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
                           ) from None
 
 
-def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: KindModels) -> Config:
+def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: KindModels,
+                  shard: tuple[int, int] = (0, 1)) -> Config:
     env = dict(os.environ) if env is None else env
     problems: list[Problem] = []
     loc = _Locator()
@@ -570,6 +573,7 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
 
     targets: list[TargetConfig] = []
     first_seen: dict[str, int] = {}
+    families: dict[str, tuple[str, str]] = {}
     raws = top.targets
     del data
     for i in range(len(raws)):
@@ -601,10 +605,12 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
         if isinstance(resolved, str):
             add(here + ("timeout",), resolved)
             continue
+        _check_family_conflicts(resolved, i, families, add)
+        if shard[1] > 1 and shard_of(resolved.name, shard[1]) != shard[0]:
+            continue  # validated like every target, kept only by the replica whose shard it is
         targets.append(resolved)
 
-    _check_family_conflicts(targets, add)
-    names = {t.name for t in targets}
+    names = set(first_seen)
     for i, w in enumerate(top.maintenance):
         for j, name in enumerate(w.targets):
             if name not in names and not problems:
@@ -615,16 +621,14 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
                   maintenance=tuple(top.maintenance))
 
 
-def _check_family_conflicts(targets: list[TargetConfig], add: Any) -> None:
-    """One metric name must have one type across all targets, or the exposition is invalid."""
-    first: dict[str, tuple[str, str]] = {}
-    for t in targets:
-        for fam in t.declared_families():
-            seen = first.setdefault(fam.name, (fam.type, t.name))
-            if seen[0] != fam.type:
-                index = next(i for i, x in enumerate(targets) if x is t)
-                add(("targets", index, "metrics"),
-                    f'metric {fam.name} is a {fam.type} here but a {seen[0]} in target "{seen[1]}"')
+def _check_family_conflicts(t: TargetConfig, index: int, first: dict[str, tuple[str, str]], add: Any) -> None:
+    """One metric name must have one type across all targets, or the exposition is invalid
+    (``first``: the type and target each name was first declared with, filled as targets load)."""
+    for fam in t.declared_families():
+        seen = first.setdefault(fam.name, (fam.type, t.name))
+        if seen[0] != fam.type:
+            add(("targets", index, "metrics"),
+                f'metric {fam.name} is a {fam.type} here but a {seen[0]} in target "{seen[1]}"')
 
 
 def _order(p: Problem) -> tuple[int, int]:

@@ -27,9 +27,10 @@ def config_models(kinds: Mapping[str, ProbeKind] | None = None) -> dict[str, typ
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None,
-                kinds: Mapping[str, ProbeKind] | None = None) -> _config.Config:
-    """Load a config file with the built-in kinds (or the given ones)."""
-    return _config.load_config(path, env, kinds=config_models(kinds))
+                kinds: Mapping[str, ProbeKind] | None = None, shard: tuple[int, int] = (0, 1)) -> _config.Config:
+    """Load a config file with the built-in kinds (or the given ones); with ``shard``, keep only
+    the shard's targets (all are validated)."""
+    return _config.load_config(path, env, kinds=config_models(kinds), shard=shard)
 
 
 def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None,

@@ -1,0 +1,178 @@
+"""``stackwatch --workers N``: one process per shard on one machine, found by Prometheus through
+``/sd`` (http_sd_configs), restarted when one dies, reloaded together on SIGHUP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness import Prometheus, Process, http_get, require_binary, wait_until
+
+
+def free_block(n: int) -> int:
+    """A port p with p .. p+n-1 all free (the supervisor's and its workers')."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        if p + n >= 65535:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                k = socket.socket()
+                socks.append(k)
+                k.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for k in socks:
+                k.close()
+    raise AssertionError("no block of free ports")
+
+
+class Supervised(Process):
+    def __init__(self, cfg: Path, tmp: Path, workers: int = 2):
+        self.port = free_block(workers + 1)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.workers = [f"http://127.0.0.1:{self.port + 1 + i}" for i in range(workers)]
+        super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--workers", str(workers),
+                          "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "info"],
+                         tmp / f"supervisor-{self.port}.log", dict(os.environ))
+        try:
+            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, "every worker ready")
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"the supervisor did not get ready:\n{self.log()}") from None
+
+    def worker_pid(self, index: int) -> int:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"127.0.0.1:{self.port + 1 + index}".encode() in cmd and b"--shard.index" in cmd:
+                return int(d.name)
+        raise AssertionError(f"no worker process for shard {index}")
+
+
+def targets_in(text: str) -> set[str]:
+    return set(re.findall(r'stackwatch_probe_success\{target="([^"]+)"', text))
+
+
+def probes(text: str) -> float:
+    return sum(float(v) for v in re.findall(r'^stackwatch_probes_total\{[^}]*result="success"\} (\S+)$', text, re.M))
+
+
+def write_config(path: Path, servers, n: int) -> list[str]:
+    names = [f"svc-{i}" for i in range(n)]
+    path.write_text("defaults: {interval: 500ms}\ntargets:\n" + "".join(
+        f'  - {{name: {x}, kind: http, url: "{servers.url("/health")}"}}\n' for x in names))
+    return names
+
+
+def test_workers_split_the_targets_and_prometheus_finds_every_shard_through_sd(servers, tmp_path):
+    cfg = tmp_path / "stackwatch.yml"
+    names = write_config(cfg, servers, 24)
+    sup = Supervised(cfg, tmp_path)
+    try:
+        groups = json.loads(http_get(sup.base + "/sd")[2])
+        assert groups == [{"targets": [w.removeprefix("http://")], "labels": {"shard": str(i)}}
+                          for i, w in enumerate(sup.workers)]
+
+        def split() -> list[set[str]] | None:
+            sets = [targets_in(http_get(w + "/metrics")[2].decode()) for w in sup.workers]
+            return sets if sum(map(len, sets)) == len(names) else None
+
+        a, b = wait_until(split, 20, "every target probed by one worker")
+        assert a and b and not a & b and a | b == set(names)
+        assert 'stackwatch_shard_info{count="2",index="1"} 1.0' in http_get(sup.workers[1] + "/metrics")[2].decode()
+
+        prom = Prometheus(tmp_path, [
+            {"job_name": "stackwatch", "http_sd_configs": [{"url": sup.base + "/sd", "refresh_interval": "1s"}]},
+            {"job_name": "supervisor", "static_configs": [{"targets": [f"127.0.0.1:{sup.port}"]}]},
+        ])
+        try:
+            prom.wait_for('count(stackwatch_probe_success{job="stackwatch"} == 1)',
+                          lambda r: bool(r) and r[0]["value"][1] == str(len(names)))
+            by_instance = prom.query('count by (instance, shard) (stackwatch_probe_success{job="stackwatch"})')
+            assert sorted(r["metric"]["shard"] for r in by_instance) == ["0", "1"]
+            assert sum(int(r["value"][1]) for r in by_instance) == len(names)
+            prom.wait_for('sum(stackwatch_worker_up{job="supervisor"})', lambda r: bool(r) and r[0]["value"][1] == "2")
+            own = http_get(sup.base + "/metrics")[2]
+            lint = subprocess.run([require_binary("promtool"), "check", "metrics"], input=own, capture_output=True)
+            assert lint.returncode == 0, lint.stdout + lint.stderr
+        finally:
+            prom.stop()
+    finally:
+        sup.stop()
+
+
+def test_a_killed_worker_is_started_again_and_the_other_shard_keeps_probing(servers, tmp_path):
+    cfg = tmp_path / "stackwatch.yml"
+    write_config(cfg, servers, 12)
+    sup = Supervised(cfg, tmp_path)
+    try:
+        pid = sup.worker_pid(0)
+        os.kill(pid, signal.SIGKILL)
+        before = probes(http_get(sup.workers[1] + "/metrics")[2].decode())
+        time.sleep(1.5)
+        # shard 1 went on probing while shard 0 was down
+        assert probes(http_get(sup.workers[1] + "/metrics")[2].decode()) > before
+        wait_until(lambda: 'stackwatch_worker_restarts_total{shard="0"} 1' in http_get(sup.base + "/metrics")[2].decode(),
+                   15, "the supervisor counted the restart")
+        wait_until(lambda: http_get(sup.workers[0] + "/-/healthy")[0] == 200, 20, "shard 0 back")
+        assert sup.worker_pid(0) != pid
+        assert 'stackwatch_worker_restarts_total{shard="1"} 0' in http_get(sup.base + "/metrics")[2].decode()
+        assert "worker exited; starting it again" in sup.log()
+    finally:
+        sup.stop()
+    # SIGTERM to the supervisor stopped every worker
+    wait_until(lambda: not any(f":{sup.port + 1 + i}".encode() in (Path(f"/proc/{d}/cmdline").read_bytes()
+                                                                  if Path(f"/proc/{d}/cmdline").exists() else b"")
+                               for d in os.listdir("/proc") if d.isdigit() for i in range(2)),
+               15, "no worker left")
+
+
+def test_sighup_reloads_every_worker(servers, tmp_path):
+    cfg = tmp_path / "stackwatch.yml"
+    names = write_config(cfg, servers, 6)
+    sup = Supervised(cfg, tmp_path)
+    try:
+        wait_until(lambda: sum(len(targets_in(http_get(w + "/metrics")[2].decode())) for w in sup.workers) == 6,
+                   15, "six targets")
+        write_config(cfg, servers, 9)
+        sup.signal(signal.SIGHUP)
+
+        def nine() -> list[set[str]] | None:
+            sets = [targets_in(http_get(w + "/metrics")[2].decode()) for w in sup.workers]
+            return sets if sum(map(len, sets)) == 9 else None
+
+        a, b = wait_until(nine, 20, "the new targets, each in one shard")
+        assert a | b == {f"svc-{i}" for i in range(9)} and not a & b
+        assert set(names) < a | b
+    finally:
+        sup.stop()
+
+
+def test_a_bad_config_is_reported_once_and_starts_no_worker(tmp_path):
+    cfg = tmp_path / "bad.yml"
+    cfg.write_text("targets:\n  - {name: x, kind: http, url: 'ftp://nope'}\n")
+    proc = subprocess.run([sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--workers", "2",
+                           "--web.listen-address", f"127.0.0.1:{free_block(3)}"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "targets[0].url (line 2" in proc.stderr and "expected an http:// or https:// URL" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--workers", "2",
+                           "--shard.count", "2"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "--workers and --shard.* exclude each other" in proc.stderr
