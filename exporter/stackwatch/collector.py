@@ -319,6 +319,10 @@ class Collector:
         self._rebuilding: dict[tuple[bool, bool], asyncio.Task[_Body]] = {}
         self._locks: dict[tuple[bool, bool], asyncio.Lock] = {}
         self._zipper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stackwatch-gzip")
+        self._members: dict[tuple[str, int], tuple[int, bytes]] = {}
+        """(family, phase group) -> (group version, gzip member of those lines; b"" if none)."""
+        self._members_generation = -1
+        self._headers: dict[tuple[str, str, str, bool], bytes] = {}
 
     def render_state(self, state: TargetState, result: ProbeResult | None) -> None:
         samples = result.samples if result is not None else ()
@@ -374,57 +378,73 @@ class Collector:
         return [n for n in core if n in self._families] + sorted(self._families - set(core))
 
     async def _build(self, openmetrics: bool, compress: bool) -> _Body:
-        """Every target's series, grouped by family, gzipped as it goes when ``compress``.
+        """Every target's series, grouped by family; gzipped when ``compress``.
 
-        At 10k targets the body is ~30 MB: it is joined family by family in slices of 1,000
-        targets, yielding to the event loop in between, so a build never stalls running probes
-        for more than a few ms.
+        Gzipped, the body is a run of gzip members, one per (family, phase group of ~200
+        targets), kept between builds: a build re-renders and recompresses only the groups that
+        got a result since the member was made.  Targets of a group are probed at about the same
+        moment of their interval, so with a scrape every 2 s and probes every 15 s a build redoes
+        ~15 % of the body.  Compression runs in the collector's own thread.  The plain body is
+        joined whole (it is asked for rarely: curl, tests), family by family, yielding between
+        slices, so a build never stalls running probes for more than a few ms.
         """
-        version = self.store.version
-        states = list(self.store.states.values())
-        z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if compress else None
+        store = self.store
+        version = store.version
+        names = self.families_in_use()
+        if not compress:
+            parts: list[bytes] = []
+            for name in names:
+                fam = FAMILIES.get(name) or self._dynamic[name]
+                parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
+                for group in store.groups:
+                    parts.append(_join_family(group, name))
+                    if len(store.states) > 1000:
+                        await asyncio.sleep(0)
+            return _Body(version, time.monotonic(), b"".join(parts))
+
+        if self._members_generation != store.generation:
+            self._members = {}
+            self._members_generation = store.generation
+        members = self._members
+        versions = list(store.group_versions)
+        todo: list[tuple[tuple[str, int], int, bytes]] = []
+        for name in names:
+            for g, group in enumerate(store.groups):
+                held = members.get((name, g))
+                if held is None or held[0] != versions[g]:
+                    todo.append(((name, g), versions[g], _join_family(group, name)))
+            if len(store.states) > 1000:
+                await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
-        parts: list[bytes] = []
-        pending: list[bytes] = []
-        pending_size = 0
-
-        async def compress_pending() -> None:
-            nonlocal pending_size
-            data = b"".join(pending)
-            pending.clear()
-            pending_size = 0
-            assert z is not None
-            # In the collector's own thread (zlib releases the GIL): ~5 ms per MB that the event
-            # loop, and the probes' timestamps, do not wait for.
-            parts.append(await loop.run_in_executor(self._zipper, z.compress, data))
-
-        for name in self.families_in_use():
+        batch: list[tuple[tuple[str, int], int, bytes]] = []
+        size = 0
+        for item in todo + [None]:  # type: ignore[list-item]
+            if item is not None:
+                batch.append(item)
+                size += len(item[2])
+            if batch and (item is None or size >= COMPRESS_CHUNK):
+                datas = [b[2] for b in batch]
+                # zlib releases the GIL: the event loop (and the probes' timestamps) never wait for it
+                packed = await loop.run_in_executor(self._zipper, _gzip_each, datas)
+                for (key, ver, _), data in zip(batch, packed):
+                    members[key] = (ver, data)
+                batch, size = [], 0
+        parts = []
+        for name in names:
             fam = FAMILIES.get(name) or self._dynamic[name]
-            head = header(fam.name, fam.type, fam.help, openmetrics).encode()
-            pieces = [head]
-            for i in range(0, len(states), 1000):
-                pieces.append(b"".join([s.blob[s.offs[j]:s.offs[j + 1]] for s in states[i:i + 1000]
-                                        if s.layout is not None and (j := s.layout.index.get(name)) is not None]))
-                if z is None:
-                    parts += pieces
-                else:
-                    pending += pieces
-                    pending_size += sum(map(len, pieces))
-                    if pending_size >= COMPRESS_CHUNK:
-                        await compress_pending()
-                pieces = []
-                if len(states) > 1000:
-                    await asyncio.sleep(0)
-            if z is None:
-                parts += pieces
-            else:
-                pending += pieces
-                pending_size += sum(map(len, pieces))
-        if z is not None:
-            if pending:
-                await compress_pending()
-            parts.append(z.flush())
+            parts.append(self._header_member(fam, openmetrics))
+            for g in range(len(store.groups)):
+                data = members[(name, g)][1]
+                if data:
+                    parts.append(data)
         return _Body(version, time.monotonic(), b"".join(parts))
+
+    def _header_member(self, fam: Family, openmetrics: bool) -> bytes:
+        key = (fam.name, fam.type, fam.help, openmetrics)
+        data = self._headers.get(key)
+        if data is None:
+            data = self._headers[key] = _gzip(header(fam.name, fam.type, fam.help, openmetrics).encode())
+        return data
 
     async def targets_body(self, openmetrics: bool, compress: bool = False) -> _Body:
         """The target part of /metrics, rebuilt only when a result arrived since the last build.
@@ -495,3 +515,14 @@ UNUSED_AFTER = 60.0
 
 def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=1, mtime=0)
+
+
+def _gzip_each(datas: list[bytes]) -> list[bytes]:
+    # Level 1: 4-5x faster than level 9 for ~12 % more bytes.  Empty input stays empty (no member).
+    return [zlib.compress(d, 1, 16 + zlib.MAX_WBITS) if d else b"" for d in datas]
+
+
+def _join_family(states: list[TargetState], name: str) -> bytes:
+    """One family's lines of the given targets, in their order."""
+    return b"".join([s.blob[s.offs[j]:s.offs[j + 1]] for s in states
+                     if s.layout is not None and (j := s.layout.index.get(name)) is not None])

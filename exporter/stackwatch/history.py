@@ -87,9 +87,10 @@ class History:
         self._next += 1
 
     def _rebase(self, at: float) -> None:
-        shift = at - self._base if self._next else 0.0
-        for i in range(self.LATENCY_POINTS):
-            self.times[i] -= shift
+        if self._next:
+            shift = at - self._base
+            for i in range(self.LATENCY_POINTS):
+                self.times[i] -= shift
         self._base = at
 
     def latency(self) -> list[tuple[float, float]]:

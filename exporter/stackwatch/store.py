@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ from stackwatch.probes.base import ProbeResult, Reason, failing_checks
 # a threshold within 10 % (tests/test_latency_buckets.py): 1.5, 2.5, 3 and 4 s around 2 s and 5 s.
 LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5,
                                       3.0, 4.0, 5.0, 7.5, 10.0)
+
+
+GROUP_SIZE = 200
+MAX_GROUPS = 512
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,6 +76,8 @@ class TargetState:
     """The collector's Layout: which family is at which position of ``offs``."""
     history: History | None = None
     """Probe history since start (status page without Prometheus); created with the first result."""
+    group: int = 0
+    """The phase group (Store.groups) the target is in."""
 
 
 class Store:
@@ -80,6 +87,13 @@ class Store:
                  on_change: Callable[[TargetState, ProbeResult | None], None]):
         self.states: dict[str, TargetState] = {}
         self.version = 0
+        self.groups: list[list[TargetState]] = []
+        """Targets by the phase of their schedule (the scheduler's spread): the targets of one group
+        get their results at about the same time, so a /metrics build between two probes of a
+        target re-renders only the groups that changed (see group_versions)."""
+        self.group_versions: list[int] = []
+        self.generation = 0
+        """Changes when the groups are made again (every load)."""
         self._labels_of = labels_of
         self._on_change = on_change
 
@@ -113,7 +127,20 @@ class Store:
             self._on_change(state, None)
             new[t.name] = state
         self.states = new
+        self._regroup()
         self.version += 1
+
+    def _regroup(self) -> None:
+        n = len(self.states)
+        count = max(1, min(MAX_GROUPS, n // GROUP_SIZE))
+        groups: list[list[TargetState]] = [[] for _ in range(count)]
+        for st in self.states.values():
+            # the fraction of the interval the scheduler starts the target at (scheduler.spread)
+            st.group = int(zlib.crc32(st.target.name.encode()) / 2**32 * count)
+            groups[st.group].append(st)
+        self.groups = groups
+        self.group_versions = [0] * count
+        self.generation += 1
 
     def record(self, name: str, result: ProbeResult) -> None:
         state = self.states.get(name)
@@ -133,3 +160,5 @@ class Store:
         state.duration_sum += result.duration
         self._on_change(state, result)
         self.version += 1
+        if state.group < len(self.group_versions):
+            self.group_versions[state.group] += 1
