@@ -38,6 +38,12 @@ from pathlib import Path
 PORTS = 8
 DELAY = 0.050
 DELAYED_TARGETS = 20
+"""The first delayed_targets(N) targets answer after DELAY: their measured durations minus DELAY
+are the latency error (one in 20, at least 20, so p99 has a few hundred samples at 10k)."""
+
+
+def delayed_targets(n: int) -> int:
+    return max(DELAYED_TARGETS, n // 20)
 CLK = os.sysconf("SC_CLK_TCK")
 
 TARGET_SERVER = r'''
@@ -159,55 +165,90 @@ def write_config(path: Path, n: int, ports: list[int], interval: float, concurre
              f"scheduler: {{max_concurrent_probes: {concurrency}}}", "targets:"]
     for i in range(n):
         port = ports[i % len(ports)]
-        path_ = f"/delay/{i}" if i < DELAYED_TARGETS else f"/health/{i}"
+        path_ = f"/delay/{i}" if i < delayed_targets(n) else f"/health/{i}"
         lines.append(f"  - {{name: t{i}, kind: http, url: 'http://127.0.0.1:{port}{path_}', "
                      f"assertions: ['$.status == healthy']}}")
     path.write_text("\n".join(lines) + "\n")
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path) -> dict[str, float]:
     cfg = tmp / f"bench-{n}.yml"
     write_config(cfg, n, ports, args.interval, args.concurrency)
-    port = free_port()
+    port = free_port() if args.workers <= 1 else free_block(args.workers + 1)
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([*pin(0), sys.executable, "-m", "stackwatch", "--config.file", str(cfg),
-                             "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error",
-                             "--event-loop", args.loop])
+    cmd = [sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}",
+           "--log.level", "error", "--event-loop", args.loop]
+    if args.workers > 1:  # one process per core: not pinned, the workers share the machine with the targets
+        proc = subprocess.Popen([*cmd, "--workers", str(args.workers)])
+    else:
+        proc = subprocess.Popen([*pin(0), *cmd])
     try:
-        for _ in range(200):
+        for _ in range(600):
             try:
                 get(base + "/-/ready", 1)
                 break
             except OSError:
                 time.sleep(0.1)
+        if args.workers > 1:
+            endpoints = [f"http://{g['targets'][0]}" for g in json.loads(get(base + "/sd"))]
+            pids = children(proc.pid)
+        else:
+            endpoints, pids = [base], [proc.pid]
+
+        def scrape_all(gz: bool = False, timing: list[float] | None = None) -> tuple[dict, int]:
+            merged: dict[str, list] = {}
+            size = 0
+            for e in endpoints:
+                body = get(e + "/metrics", gz=gz, timing=timing)
+                size += len(body)
+                for k, v in parse_metrics(body.decode()).items():
+                    merged.setdefault(k, []).extend(v)
+            return merged, size
+
+        def cpu() -> float:
+            return sum(cpu_seconds(p) for p in pids)
+
         # Warm-up: one full interval so every target has been probed once and the spread is steady.
         time.sleep(args.interval + 1)
-        m0 = parse_metrics(get(base + "/metrics").decode())
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        m0, _ = scrape_all()
+        cpu0, t0 = cpu(), time.monotonic()
         probes0 = sum(v for _, v in m0["stackwatch_probes_total"])
-        lag0 = {l["le"]: v for l, v in m0["stackwatch_scheduler_lag_seconds_bucket"]}
+        lag0: dict[str, float] = {}
+        for l, v in m0["stackwatch_scheduler_lag_seconds_bucket"]:
+            lag0[l["le"]] = lag0.get(l["le"], 0) + v
         scrape_ms: list[float] = []
         delay_err: list[float] = []
         seen: dict[str, float] = {}
+        delayed = delayed_targets(n)
         while time.monotonic() - t0 < args.window:
             s = time.perf_counter()
-            body = get(base + "/metrics", gz=True, timing=scrape_ms)  # gzip, as Prometheus asks for it
-            m = parse_metrics(body.decode())
+            m, size = scrape_all(gz=True, timing=scrape_ms)  # gzip, as Prometheus asks for it
             last_run = {l["target"]: v for l, v in m["stackwatch_probe_last_run_timestamp_seconds"]}
             for labels, v in m["stackwatch_probe_last_duration_seconds"]:
                 t = labels["target"]
-                if int(t[1:]) < DELAYED_TARGETS and last_run.get(t) != seen.get(t):
+                if int(t[1:]) < delayed and last_run.get(t) != seen.get(t):
                     seen[t] = last_run.get(t, 0)
                     delay_err.append((v - DELAY) * 1000)
             time.sleep(max(0.0, args.scrape_every - (time.perf_counter() - s)))
-        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
-        m1 = parse_metrics(get(base + "/metrics").decode())
+        cpu1, t1 = cpu(), time.monotonic()
+        m1, _ = scrape_all()
         probes1 = sum(v for _, v in m1["stackwatch_probes_total"])
         failures = sum(v for l, v in m1["stackwatch_probes_total"] if l["result"] == "failure")
-        lag = [(l, v - lag0.get(l["le"], 0)) for l, v in m1["stackwatch_scheduler_lag_seconds_bucket"]]
+        lag_sum: dict[str, float] = {}
+        for l, v in m1["stackwatch_scheduler_lag_seconds_bucket"]:
+            lag_sum[l["le"]] = lag_sum.get(l["le"], 0) + v
+        lag = [({"le": le}, v - lag0.get(le, 0)) for le, v in lag_sum.items()]
         probes = probes1 - probes0
+        rss = [rss_mb(p) for p in pids]
         return {
-            "targets": n, "probes": probes, "failures_total": failures,
+            "targets": n, "workers": max(1, args.workers), "probes": probes, "failures_total": failures,
             "probes_per_s": probes / (t1 - t0),
             "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / max(probes, 1),
             "cpu_share_of_one_core": (cpu1 - cpu0) / (t1 - t0),
@@ -215,12 +256,32 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
             "latency_error_p50_ms": pct(delay_err, 0.5), "latency_error_p99_ms": pct(delay_err, 0.99),
             "latency_samples": len(delay_err),
             "metrics_p50_ms": pct(scrape_ms, 0.5), "metrics_p99_ms": pct(scrape_ms, 0.99),
-            "metrics_body_kb": len(body) / 1024, "metrics_scrapes": len(scrape_ms),
-            "rss_mb": rss_mb(proc.pid),
+            "metrics_gzip_kb": size / 1024, "metrics_scrapes": len(scrape_ms),
+            "rss_mb": sum(rss), "rss_mb_per_worker": max(rss),
         }
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+        proc.wait(30)
+
+
+def free_block(n: int) -> int:
+    """A port p with p .. p+n-1 free (a supervisor and its workers)."""
+    while True:
+        p = free_port()
+        if p + n >= 65535:
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                k = socket.socket()
+                socks.append(k)
+                k.bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for k in socks:
+                k.close()
 
 
 async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: int, rate: float | None = None) -> int:
@@ -293,7 +354,7 @@ def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: P
                 break
             except OSError:
                 time.sleep(0.1)
-        urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/health/{i}" for i in range(DELAYED_TARGETS, n)]
+        urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/health/{i}" for i in range(delayed_targets(n), n)]
         asyncio.run(drive_blackbox(base, urls, 500, concurrency))  # warm-up
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency, rate))
@@ -313,8 +374,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--scrape-every", type=float, default=2.0, help="seconds between /metrics scrapes")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="stackwatch's --event-loop")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "auto"), default="auto",
+                        help="stackwatch's --event-loop (default: its own default)")
+    parser.add_argument("--workers", type=int, default=0, help="stackwatch --workers N (0: one process, pinned)")
+    parser.add_argument("--no-blackbox", action="store_true", help="measure stackwatch only")
     args = parser.parse_args()
 
     # This process (scraper, parser, blackbox driver) shares CPU 1 with the target server, so it
@@ -338,9 +401,11 @@ def main() -> None:
                 sw = run_stackwatch(n, ports, args, tmp)
                 # blackbox twice on the same targets: flat out (its best CPU/probe), and paced at
                 # stackwatch's probe rate (the same operating point, the fair comparison).
-                bb = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp)
-                bb_paced = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp,
-                                        rate=sw["probes_per_s"])
+                bb = bb_paced = None
+                if not args.no_blackbox:
+                    bb = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp)
+                    bb_paced = run_blackbox(ports, n, int(sw["probes"]) or 5000, args.concurrency, tmp,
+                                            rate=sw["probes_per_s"])
                 row = {"stackwatch": sw, "blackbox_flat_out": bb, "blackbox_same_rate": bb_paced,
                        "cpu_ratio_vs_blackbox_flat_out": sw["cpu_ms_per_probe"] / bb["cpu_ms_per_probe"] if bb else None,
                        "cpu_ratio_vs_blackbox_same_rate":

@@ -1,8 +1,11 @@
-"""Benchmark SQL probing, and show that hung databases do not delay HTTP probes.
+"""Benchmark SQL and Algorand probing, and show that hung databases do not delay HTTP probes.
 
     .venv/bin/python bench/bench_sql.py [--window 45]
 
-Two phases, each a fresh stackwatch process pinned to CPU 0, at a 15 s interval:
+Phases, each a fresh stackwatch process pinned to CPU 0, at a 15 s interval (plus an
+HTTP-only baseline and, last, 50 Algorand targets beside the same 100 HTTP ones, against the
+fake algod + indexer in a process of its own on CPU 1: node status, one account, one asset with
+a holder, one transaction, indexer health -- 7 to 9 API calls per probe):
 
   A. 50 SQL targets (17 PostgreSQL, 17 MariaDB, 16 SQLite; 3 custom queries each) plus 100
      HTTP targets, 20 of which answer after an injected 50 ms delay;
@@ -58,6 +61,34 @@ def silent_listener() -> int:
     return srv.getsockname()[1]
 
 
+FAKE_ALGOD = r'''
+import asyncio, sys
+from stackwatch.demo.fakealgod import FakeAlgorand
+async def main():
+    fake = FakeAlgorand("bench-token", record=False)
+    await fake.start(int(sys.argv[1]), int(sys.argv[2]))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+'''
+
+
+def algorand_config(tmp: Path, ports: list[int], algod: int, indexer: int) -> Path:
+    from stackwatch.demo.fakealgod import ADMIN, CREATE_TXID, PAM_ASSET
+
+    path = config(tmp, ports, sql=False, hung_port=None)
+    lines = path.read_text().splitlines()
+    for i in range(50):
+        lines.append(f"  - {{name: chain{i}, kind: algorand, algod_url: 'http://127.0.0.1:{algod}', "
+                     f"algod_token: '${{BENCH_ALGOD_TOKEN}}', indexer_url: 'http://127.0.0.1:{indexer}', "
+                     f"network: testnet-v1.0, accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}], "
+                     f"assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}, holders: [admin]}}], "
+                     f"transactions: [{{alias: create, txid: {CREATE_TXID}}}]}}")
+    out = tmp / "algorand.yml"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def config(tmp: Path, ports: list[int], sql: bool, hung_port: int | None) -> Path:
     sqlite_path = tmp / "models.db"
     if not sqlite_path.exists():
@@ -89,7 +120,8 @@ def measure(cfg: Path, window: float) -> dict[str, float]:
     port = bench.free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([*bench.pin(0), sys.executable, "-m", "stackwatch", "--config.file", str(cfg),
-                             "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error"])
+                             "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error"],
+                            env={**os.environ, "BENCH_ALGOD_TOKEN": "bench-token"})
     try:
         for _ in range(200):
             try:
@@ -115,15 +147,16 @@ def measure(cfg: Path, window: float) -> dict[str, float]:
         cpu1, t1 = bench.cpu_seconds(proc.pid), time.monotonic()
         m1 = bench.parse_metrics(bench.get(base + "/metrics").decode())
         count0 = {(lab["target"], lab["result"]): v for lab, v in m0["stackwatch_probes_total"]}
-        by_kind: dict[str, float] = {"http": 0, "sql": 0}
-        failures = {"http": 0.0, "sql": 0.0}
+        by_kind: dict[str, float] = {"http": 0, "sql": 0, "algorand": 0}
+        failures = {"http": 0.0, "sql": 0.0, "algorand": 0.0}
         for lab, v in m1["stackwatch_probes_total"]:
-            kind = "http" if lab["target"].startswith("t") else "sql"
+            kind = "http" if lab["target"].startswith("t") else "algorand" if lab["target"].startswith("chain") else "sql"
             by_kind[kind] += v - count0.get((lab["target"], lab["result"]), 0)
             if lab["result"] == "failure":
                 failures[kind] += v - count0.get((lab["target"], lab["result"]), 0)
         lag = [(lab, v - lag0.get(lab["le"], 0)) for lab, v in m1["stackwatch_scheduler_lag_seconds_bucket"]]
         return {"cpu_s": cpu1 - cpu0, "seconds": t1 - t0, "http_probes": by_kind["http"], "sql_probes": by_kind["sql"],
+                "algorand_probes": by_kind["algorand"], "algorand_failures": failures["algorand"],
                 "http_failures": failures["http"], "sql_failures": failures["sql"],
                 "scheduler_lag_p99_ms": bench.histogram_quantile(0.99, lag) * 1000,
                 "http_latency_error_p50_ms": bench.pct(errors, 0.5), "http_latency_error_p99_ms": bench.pct(errors, 0.99),
@@ -152,12 +185,22 @@ def main() -> None:
             http_only = measure(config(tmp, ports, sql=False, hung_port=None), args.window)
             phase_a = measure(config(tmp, ports, sql=True, hung_port=None), args.window)
             phase_b = measure(config(tmp, ports, sql=True, hung_port=hung), args.window)
+            algod, indexer = bench.free_port(), bench.free_port()
+            fake = subprocess.Popen([*bench.pin(1), sys.executable, "-c", FAKE_ALGOD, str(algod), str(indexer)],
+                                    stdout=subprocess.PIPE, text=True)
+            try:
+                assert fake.stdout and fake.stdout.readline().strip() == "ready"
+                phase_algorand = measure(algorand_config(tmp, ports, algod, indexer), args.window)
+            finally:
+                fake.terminate()
     finally:
         server.terminate()
     http_cpu_per_probe = http_only["cpu_s"] / max(1, http_only["http_probes"])
     sql_cpu = phase_a["cpu_s"] - http_cpu_per_probe * phase_a["http_probes"]
-    out.update(http_only=http_only, phase_a=phase_a, phase_b_hung=phase_b,
+    algorand_cpu = phase_algorand["cpu_s"] - http_cpu_per_probe * phase_algorand["http_probes"]
+    out.update(http_only=http_only, phase_a=phase_a, phase_b_hung=phase_b, algorand=phase_algorand,
                sql_cpu_ms_per_probe=1000 * sql_cpu / max(1, phase_a["sql_probes"]),
+               algorand_cpu_ms_per_probe=1000 * algorand_cpu / max(1, phase_algorand["algorand_probes"]),
                http_cpu_ms_per_probe=1000 * http_cpu_per_probe)
     print(json.dumps(out, indent=2))
     if args.json:

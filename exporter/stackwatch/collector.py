@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import math
 import platform
@@ -215,6 +216,51 @@ class SelfMetrics:
         return prometheus_client.generate_latest(self.registry)
 
 
+GC_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class GCPauses:
+    """Durations of the cyclic garbage collector's passes, by generation (gc.callbacks).  A pass
+    stops the event loop: a response arriving meanwhile is timed late by up to its length."""
+
+    def __init__(self) -> None:
+        self.buckets = [[0] * (len(GC_BUCKETS) + 1) for _ in range(3)]
+        self.sums = [0.0, 0.0, 0.0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        gen = min(2, info.get("generation", 0))
+        i = 0
+        while i < len(GC_BUCKETS) and took > GC_BUCKETS[i]:
+            i += 1
+        self.buckets[gen][i] += 1
+        self.sums[gen] += took
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def family(self) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily("stackwatch_gc_pause_seconds",
+                                    "Passes of Python's cyclic garbage collector by generation (they pause probing).",
+                                    labels=["generation"])
+        for gen in range(3):
+            running, buckets = 0, []
+            for bound, n in zip((*[str(b) for b in GC_BUCKETS], "+Inf"), self.buckets[gen]):
+                running += n
+                buckets.append((bound, running))
+            fam.add_metric([str(gen)], buckets, self.sums[gen])
+        return fam
+
+
 class _LiveCollector:
     """Values read at scrape time from the running exporter (targets, scheduler)."""
 
@@ -283,6 +329,9 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 "stackwatch_http_header_timeouts",
                 "Connections closed because a request head did not arrive in time.", value=web.header_timeouts)
+        pauses = getattr(ex, "gc_pauses", None)
+        if pauses is not None:
+            yield pauses.family()
         yield HistogramMetricFamily(
             "stackwatch_scheduler_lag_seconds",
             "Delay between a probe's planned start and the moment it got a concurrency slot.",
