@@ -10,7 +10,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 for pair in prometheus:prometheus promtool:prometheus prometheus-alertmanager:prometheus-alertmanager \
             amtool:prometheus-alertmanager docker-compose:docker-compose systemd-analyze:systemd \
-            chromium:chromium; do
+            chromium:chromium node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -35,6 +35,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 .venv/bin/python -m pip install --quiet -e '.[test]'
+
+# prometheus-operator's CRD schemas for the Kubernetes manifest test, pinned by the lock file.
+if [ ! -d tests/crd/node_modules/@kubernetes-models/prometheus-operator ]; then
+  npm ci --prefix tests/crd --no-audit --no-fund --silent
+fi
 
 .venv/bin/python -m pytest "$@"
 

@@ -61,7 +61,9 @@ def test_kubernetes_manifests_are_generated_and_valid(tmp_path, monkeypatch):
         raise AssertionError("a misspelt field passed the schema check")
     except kubernetes_validate.ValidationError:
         pass
-    # prometheus-operator objects: the fields the operator reads, and the rules themselves.
+    # prometheus-operator objects: against the operator's CRD schemas, the fields it reads, the rules.
+    operator = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert crd_check(operator).returncode == 0
     sm = next(d for d in docs if d["kind"] == "ServiceMonitor")
     svc = next(d for d in docs if d["kind"] == "Service")
     assert sm["spec"]["selector"]["matchLabels"] == svc["metadata"]["labels"]
@@ -94,3 +96,35 @@ def test_kubernetes_manifests_are_generated_and_valid(tmp_path, monkeypatch):
     # A StatefulSet pod's host name gives its shard.
     monkeypatch.setattr(cli.socket, "gethostname", lambda: "stackwatch-1")
     assert cli._shard("hostname", 2) == (1, 2)
+
+
+CRD_CHECK = ROOT / "tests" / "crd"
+
+
+def crd_check(docs: list[dict]) -> subprocess.CompletedProcess[str]:
+    """tests/crd/validate.mjs: prometheus-operator's CRD schemas (npm @kubernetes-models/
+    prometheus-operator, pinned in tests/crd/package-lock.json, installed by tests/run.sh)."""
+    import json
+
+    from harness import require_binary
+
+    if not (CRD_CHECK / "node_modules" / "@kubernetes-models" / "prometheus-operator").is_dir():
+        raise AssertionError("tests/crd/node_modules is missing: run tests/run.sh (npm ci --prefix tests/crd)")
+    proc = subprocess.run([require_binary("node"), str(CRD_CHECK / "validate.mjs")], input=json.dumps(docs),
+                          capture_output=True, text=True, timeout=60, cwd=CRD_CHECK)
+    assert proc.stdout.count("\n") == len(docs), proc.stdout + proc.stderr
+    return proc
+
+
+def test_the_crd_check_rejects_what_the_operator_would():
+    import yaml
+
+    sm = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "servicemonitor.yaml").read_text())
+    rule = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml").read_text())
+    bad_sm = {**sm, "spec": {**sm["spec"], "endpoints": [{**sm["spec"]["endpoints"][0], "scheme": "gopher"}]}}
+    bad_rule = {**rule, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": 1, "for": 5}]}]}}
+    proc = crd_check([bad_sm, bad_rule])
+    assert proc.returncode == 1
+    assert "INVALID ServiceMonitor stackwatch: data/spec/endpoints/0/scheme must be equal to one of the allowed values" \
+        in proc.stdout
+    assert "INVALID PrometheusRule stackwatch" in proc.stdout
