@@ -23,7 +23,7 @@ def test_docker_compose_config_is_valid():
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
-    services = doc["services"]
+    services = {k: v for k, v in doc["services"].items() if not v.get("profiles")}
     assert set(services) == {"stackwatch", "prometheus", "alertmanager", "grafana"}
     for name in ("prometheus", "alertmanager", "grafana"):
         image = services[name]["image"]
@@ -36,6 +36,40 @@ def test_docker_compose_config_is_valid():
                           text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"},
                           cwd=ROOT)
     assert proc.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in proc.stderr
+
+
+def test_the_distributed_profile_is_the_tested_topology(tmp_path):
+    """Profile "distributed": two stackwatch shards, a Prometheus agent per shard remote-writing to
+    a central Prometheus that evaluates the shipped rules -- what tests/test_distributed.py runs."""
+    compose = require_binary("docker-compose")
+    proc = subprocess.run([compose, "-f", str(ROOT / "docker-compose.yml"), "--profile", "distributed", "config"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GRAFANA_ADMIN_PASSWORD": "compose-test-password"}, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    services = {k: v for k, v in yaml.safe_load(proc.stdout)["services"].items() if v.get("profiles")}
+    assert set(services) == {"stackwatch-0", "stackwatch-1", "agent-0", "agent-1", "central"}
+    for i in (0, 1):
+        cmd = services[f"stackwatch-{i}"]["command"]
+        assert cmd[cmd.index("--shard.index") + 1] == str(i) and cmd[cmd.index("--shard.count") + 1] == "2"
+        assert "--agent" in services[f"agent-{i}"]["command"]
+    assert "--web.enable-remote-write-receiver" in services["central"]["command"]
+    for name in ("agent-0", "agent-1", "central"):
+        version = tuple(int(x) for x in services[name]["image"].split(":v")[1].split("."))
+        assert version >= (3, 0, 0), f"{name}: Prometheus 3 (--agent)"
+    promtool = require_binary("promtool")
+    for i in (0, 1):
+        agent = ROOT / "deploy" / "distributed" / f"agent-{i}.yml"
+        cfg = yaml.safe_load(agent.read_text())
+        assert cfg["scrape_configs"][0]["static_configs"][0]["targets"] == [f"stackwatch-{i}:9938"]
+        assert cfg["remote_write"][0]["url"] == "http://central:9090/api/v1/write"
+        check = subprocess.run([promtool, "check", "config", "--agent", str(agent)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    # The central config with the rule path pointing at this checkout's rules, as mounted.
+    central = (ROOT / "deploy" / "distributed" / "central.yml").read_text()
+    local = tmp_path / "central.yml"
+    local.write_text(central.replace("/etc/prometheus/rules/*.yml", str(ROOT / "prometheus" / "rules" / "*.yml")))
+    check = subprocess.run([promtool, "check", "config", str(local)], capture_output=True, text=True)
+    assert check.returncode == 0 and "2 rule files found" in check.stdout, check.stdout + check.stderr
 
 
 def test_dockerfile_runs_as_non_root_with_a_healthcheck():
