@@ -372,6 +372,9 @@ class Collector:
         """(family, phase group) -> (group version, gzip member of those lines; b"" if none)."""
         self._members_generation = -1
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
+        self._last_scrape: dict[tuple[bool, bool], float] = {}
+        self._build_seconds: dict[tuple[bool, bool], float] = {}
+        self._prebuild: dict[tuple[bool, bool], asyncio.TimerHandle] = {}
 
     def render_state(self, state: TargetState, result: ProbeResult | None) -> None:
         samples = result.samples if result is not None else ()
@@ -411,6 +414,8 @@ class Collector:
                     self._dynamic[fam.name] = fam
 
     def close(self) -> None:
+        for timer in self._prebuild.values():
+            timer.cancel()
         self._zipper.shutdown(wait=False)
 
     @staticmethod
@@ -504,6 +509,8 @@ class Collector:
         """
         key = (openmetrics, compress)
         now = time.monotonic()
+        if len(self.store.states) > LARGE:
+            self._plan_prebuild(key, now)
         for other, body in list(self._cache.items()):
             if other != key and now - body.used_at > UNUSED_AFTER:
                 del self._cache[other]  # a format nobody asks for any more
@@ -519,6 +526,28 @@ class Collector:
                 return cached
         return await self._rebuild(key)
 
+    def _plan_prebuild(self, key: tuple[bool, bool], now: float) -> None:
+        """Prometheus scrapes at a fixed interval: build the next body shortly before the next
+        scrape is due, so that scrape is served at once from a body well under a second old."""
+        last = self._last_scrape.get(key)
+        self._last_scrape[key] = now
+        if last is None:
+            return
+        interval = now - last
+        if not 0.5 <= interval <= 300:
+            return
+        lead = min(interval / 2, 2 * self._build_seconds.get(key, 0.1) + 0.2)
+        timer = self._prebuild.get(key)
+        if timer is not None:
+            timer.cancel()
+
+        def start() -> None:
+            task = self._rebuilding.get(key)
+            if task is None or task.done():
+                self._rebuilding[key] = asyncio.create_task(self._rebuild(key))
+
+        self._prebuild[key] = asyncio.get_running_loop().call_later(interval - lead, start)
+
     async def _rebuild(self, key: tuple[bool, bool]) -> _Body:
         lock = self._locks.get(key)
         if lock is None:
@@ -527,7 +556,9 @@ class Collector:
             cached = self._cache.get(key)
             if cached is not None and cached.version == self.store.version:
                 return cached
+            started = time.monotonic()
             body = await self._build(*key)
+            self._build_seconds[key] = time.monotonic() - started
             if cached is not None:
                 body.used_at = cached.used_at
             self._cache[key] = body

@@ -36,12 +36,13 @@ from stackwatch.runner import Probers
 
 log = logging.getLogger("stackwatch.scheduler")
 
-TICK = float(os.environ.get("STACKWATCH_SCHEDULER_TICK", "0.05"))
-"""Probe starts are batched on a grid of this many seconds: ~33 probes per wake-up at 10k
-targets / 15 s instead of one wake-up each, which costs 20-30 % less CPU per probe on the
-project machine (a wake-up of an idle process runs on cold caches; bench/RESULTS.md).  Latencies
-are timed in the protocol callbacks, so the batching does not show in them; it moves a start by
-less than one tick, and the lag histogram counts from the tick."""
+TICK = float(os.environ.get("STACKWATCH_SCHEDULER_TICK", "0.01"))
+"""Probe starts are batched on a grid of this many seconds: ~7 starts per wake-up at 10k
+targets / 15 s instead of one wake-up each.  A wake-up of a mostly idle process runs on cold
+caches; batching costs less CPU per probe, and more as the tick grows, while the targets see
+small bursts (measured trade-off in bench/RESULTS.md: 0 -> 5 -> 10 -> 15 -> 50 ms).  Latencies
+are timed in the protocol callbacks; a start moves by less than one tick, and the lag histogram
+counts from the tick."""
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
