@@ -215,9 +215,13 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
         def cpu() -> float:
             return sum(cpu_seconds(p) for p in pids)
 
-        # Warm-up: one full interval so every target has been probed once and the spread is steady.
-        time.sleep(args.interval + 1)
-        m0, _ = scrape_all()
+        # Warm-up: one full interval so every target has been probed once and the spread is
+        # steady, scraped as Prometheus would from the start (the first gzip body is built whole).
+        warm_until = time.monotonic() + args.interval + 1
+        while time.monotonic() < warm_until:
+            scrape_all(gz=True)
+            time.sleep(min(args.scrape_every, max(0.0, warm_until - time.monotonic())))
+        m0, _ = scrape_all(gz=True)
         cpu0, t0 = cpu(), time.monotonic()
         probes0 = sum(v for _, v in m0["stackwatch_probes_total"])
         lag0: dict[str, float] = {}
