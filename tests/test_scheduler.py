@@ -170,3 +170,38 @@ async def test_timeout_is_measured_from_slot_not_from_queue():
                                   sched.run_once(b, planned=asyncio.get_running_loop().time()))
     assert ra.success and rb.success  # b waited 250 ms for the slot, then had its full 300 ms
     assert time.monotonic() - started > 0.45
+
+
+def test_the_tick_batches_about_a_burst_of_starts():
+    from stackwatch.scheduler import BURST, MAX_TICK, MIN_TICK, tick_for
+
+    assert tick_for(10_000 / 15) == pytest.approx(BURST / (10_000 / 15))  # 12 ms at 10k targets / 15 s
+    assert tick_for(5) == MAX_TICK and tick_for(0) == MAX_TICK  # few targets: starts move by < 50 ms
+    assert tick_for(1_000_000) == MIN_TICK
+
+
+async def test_starts_due_within_one_tick_share_one_wake_up():
+    # 200 targets at 1 s: 200 starts/s, a tick of 40 ms, so about 25 wake-ups a second, not 200;
+    # and every target still runs once per interval.
+    targets = "".join(f"  - {{name: t{i}, kind: sleepy, interval: 1s, sleep: 0}}\n" for i in range(200))
+    cfg = config(targets)
+    store = new_store()
+    store.set_targets(cfg)
+    sched = new_scheduler(store.record, cfg.scheduler)
+    fired = 0
+    original = sched._fire
+
+    def counting() -> None:
+        nonlocal fired
+        fired += 1
+        original()
+
+    sched._fire = counting  # type: ignore[method-assign]
+    sched.apply(cfg)
+    assert sched.tick == pytest.approx(0.04)
+    await asyncio.sleep(2.05)
+    await sched.stop()
+    runs = sum(s.successes for s in store.states.values())
+    assert 350 <= runs <= 420, runs
+    assert fired <= 2.05 / 0.04 + 3, fired
+    assert sched.lag_sum / max(1, runs) < 0.01  # lag counts from the tick: batching is not lag

@@ -36,13 +36,24 @@ from stackwatch.runner import Probers
 
 log = logging.getLogger("stackwatch.scheduler")
 
-TICK = float(os.environ.get("STACKWATCH_SCHEDULER_TICK", "0.01"))
-"""Probe starts are batched on a grid of this many seconds: ~7 starts per wake-up at 10k
-targets / 15 s instead of one wake-up each.  A wake-up of a mostly idle process runs on cold
-caches; batching costs less CPU per probe, and more as the tick grows, while the targets see
-small bursts (measured trade-off in bench/RESULTS.md: 0 -> 5 -> 10 -> 15 -> 50 ms).  Latencies
-are timed in the protocol callbacks; a start moves by less than one tick, and the lag histogram
-counts from the tick."""
+BURST = 8
+"""Probe starts batched into one wake-up, at most (on average): the scheduler's tick is the time
+in which this many starts fall due, between MIN_TICK and MAX_TICK."""
+MIN_TICK, MAX_TICK = 0.001, 0.05
+TICK_OVERRIDE = os.environ.get("STACKWATCH_SCHEDULER_TICK")
+
+
+def tick_for(rate: float) -> float:
+    """Probe starts are batched on a grid: one wake-up for about BURST starts instead of one
+    each.  A wake-up of a mostly idle process runs on cold caches, so batching costs less CPU
+    per probe; bigger batches would make the targets see bursts, which shows in the latencies
+    they answer with (measured trade-off in bench/RESULTS.md).  Latencies are timed in the
+    protocol callbacks; a start moves by less than one tick, and the lag histogram counts from
+    the tick.  ``rate``: scheduled probes per second."""
+    if TICK_OVERRIDE:
+        return float(TICK_OVERRIDE)
+    return min(MAX_TICK, max(MIN_TICK, BURST / rate)) if rate > 0 else MAX_TICK
+
 
 LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -91,6 +102,7 @@ class Scheduler:
         self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)
         self.lag_sum = 0.0
         self.skipped = 0
+        self.tick = MAX_TICK
 
     def apply(self, config: Config) -> None:
         """Start, stop or restart targets so they match the config; unchanged targets keep their schedule."""
@@ -99,6 +111,7 @@ class Scheduler:
             self._global = asyncio.Semaphore(config.scheduler.max_concurrent_probes)
         loop = asyncio.get_running_loop()
         wanted = {t.name: t for t in config.targets}
+        self.tick = tick_for(sum(1.0 / float(t.interval or 15.0) for t in config.targets))
         for name, entry in list(self._entries.items()):
             if wanted.get(name) != entry.target:
                 entry.active = False
@@ -133,7 +146,7 @@ class Scheduler:
             self._arm(at)
 
     def _arm(self, at: float) -> None:
-        at = math.ceil(at / TICK) * TICK  # one wake-up per tick for every start due in it
+        at = math.ceil(at / self.tick) * self.tick  # one wake-up per tick for every start due in it
         if self._timer is not None:
             if at >= self._timer_at:
                 return
@@ -242,7 +255,7 @@ class Scheduler:
                 await gate.acquire()
             try:
                 if planned is not None:
-                    self._observe_lag(max(0.0, loop.time() - math.ceil(planned / TICK) * TICK))
+                    self._observe_lag(max(0.0, loop.time() - math.ceil(planned / self.tick) * self.tick))
                 self.in_flight += 1
                 try:
                     return await self.probers.run(target, verbose=verbose)
