@@ -190,12 +190,15 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
     else:
         proc = subprocess.Popen([*pin(0), *cmd])
     try:
-        for _ in range(600):
+        ready_by = time.monotonic() + 300  # 100k targets: the config is checked, then every worker loads it
+        while True:
             try:
-                get(base + "/-/ready", 1)
+                get(base + "/-/ready", 2)
                 break
             except OSError:
-                time.sleep(0.1)
+                if time.monotonic() > ready_by or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
         if args.workers > 1:
             endpoints = [f"http://{g['targets'][0]}" for g in json.loads(get(base + "/sd"))]
             pids = children(proc.pid)
