@@ -461,28 +461,34 @@ class Collector:
             self._members_generation = store.generation
         members = self._members
         versions = list(store.group_versions)
-        todo: list[tuple[tuple[str, int], int, bytes]] = []
+        loop = asyncio.get_running_loop()
+        batch: list[tuple[tuple[str, int], int, bytes]] = []
+        size = 0
+
+        async def compress_batch() -> None:
+            nonlocal batch, size
+            datas = [b[2] for b in batch]
+            # zlib releases the GIL: the event loop (and the probes' timestamps) never wait for it
+            packed = await loop.run_in_executor(self._zipper, _gzip_each, datas)
+            for (key, ver, _), data in zip(batch, packed):
+                members[key] = (ver, data)
+            batch, size = [], 0
+
+        # Re-rendered pieces go to the gzip thread in batches as they are made: at most
+        # COMPRESS_CHUNK uncompressed bytes are held at a time, never the whole body.
         for name in names:
             for g, group in enumerate(store.groups):
                 held = members.get((name, g))
                 if held is None or held[0] != versions[g]:
-                    todo.append(((name, g), versions[g], _join_family(group, name)))
+                    data = _join_family(group, name)
+                    batch.append(((name, g), versions[g], data))
+                    size += len(data)
+                    if size >= COMPRESS_CHUNK:
+                        await compress_batch()
             if len(store.states) > 1000:
                 await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        batch: list[tuple[tuple[str, int], int, bytes]] = []
-        size = 0
-        for item in todo + [None]:  # type: ignore[list-item]
-            if item is not None:
-                batch.append(item)
-                size += len(item[2])
-            if batch and (item is None or size >= COMPRESS_CHUNK):
-                datas = [b[2] for b in batch]
-                # zlib releases the GIL: the event loop (and the probes' timestamps) never wait for it
-                packed = await loop.run_in_executor(self._zipper, _gzip_each, datas)
-                for (key, ver, _), data in zip(batch, packed):
-                    members[key] = (ver, data)
-                batch, size = [], 0
+        if batch:
+            await compress_batch()
         parts = []
         for name in names:
             fam = FAMILIES.get(name) or self._dynamic[name]
