@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -17,13 +18,13 @@ from harness import Prometheus, Process, http_get, require_binary, wait_until
 
 
 def free_block(n: int) -> int:
-    """A port p with p .. p+n-1 all free (the supervisor's and its workers')."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p + n >= 65535:
-            continue
+    """A port p with p .. p+n-1 all free (the supervisor's and its workers'), below the kernel's
+    ephemeral range: a worker started again binds its port again, and a port in that range may
+    meanwhile have been taken as the local end of some outgoing connection (seen in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        p = rng.randrange(20000, low - n)
         socks = []
         try:
             for i in range(n):

@@ -17,7 +17,8 @@ The supervisor listens on the given address and serves:
 * ``/metrics``: ``stackwatch_worker_up{shard}`` and ``stackwatch_worker_restarts_total{shard}``;
 * ``/-/healthy`` and ``/-/ready`` (ready when every worker has started and answers).
 
-Worker i listens on the next port after the supervisor's plus i (9938 -> 9939, 9940, ...).
+Worker i listens on the next port after the supervisor's plus i (9938 -> 9939, 9940, ...);
+keep them below the ephemeral port range, since a restarted worker binds its port again.
 A worker that exits is started again after a back-off (1 s doubling to 30 s).  SIGHUP is
 passed on to every worker (each reloads; a bad config keeps its running one); SIGTERM stops
 them all.  Workers get SIGTERM if the supervisor dies (Linux parent-death signal).
