@@ -418,15 +418,6 @@ class Collector:
             timer.cancel()
         self._zipper.shutdown(wait=False)
 
-    @staticmethod
-    def lines_of(state: TargetState, name: str) -> bytes:
-        """One family's rendered lines of a target (b"" if it has none)."""
-        layout = state.layout
-        i = layout.index.get(name) if layout is not None else None
-        if i is None:
-            return b""
-        return state.blob[state.offs[i]:state.offs[i + 1]]
-
     def families_in_use(self) -> list[str]:
         core = [f.name for f in CORE_ORDER]
         return [n for n in core if n in self._families] + sorted(self._families - set(core))

@@ -57,17 +57,3 @@ def header(name: str, mtype: str, help_text: str, openmetrics: bool) -> str:
     # OpenMetrics names a counter family without its _total suffix.
     family = name[: -len("_total")] if openmetrics and mtype == "counter" and name.endswith("_total") else name
     return f"# HELP {family} {escape_help(help_text)}\n# TYPE {family} {mtype}\n"
-
-
-def histogram_lines(name: str, labels: str, bounds: tuple[float, ...], counts: Iterable[int], total: float) -> str:
-    """Cumulative buckets; ``counts`` holds per-bucket (non-cumulative) counts, last one for +Inf."""
-    sep = "," if labels else ""
-    out = []
-    running = 0
-    for bound, n in zip(bounds + (math.inf,), counts):
-        running += n
-        out.append(f'{name}_bucket{{{labels}{sep}le="{fmt_le(bound)}"}} {running}\n')
-    lab = f"{{{labels}}}" if labels else ""
-    out.append(f"{name}_sum{lab} {fmt_value(total)}\n")
-    out.append(f"{name}_count{lab} {running}\n")
-    return "".join(out)

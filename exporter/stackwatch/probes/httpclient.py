@@ -429,13 +429,19 @@ def build_wire(req: HTTPRequest) -> Wire:
         assert isinstance(creds, SecretStr)
         headers["Authorization"] = f"{req.authorization.type} {creds.get_secret_value()}"
     body = req.body.encode() if req.body is not None else b""
-    lines = [f"{req.method} ".encode() + url.raw_path + b" HTTP/1.1", b"Host: " + url.netloc]
-    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
-    if body or req.method in ("POST", "PUT", "PATCH"):
+    payload = request_bytes(req.method, url, [(k.encode(), v.encode()) for k, v in headers.items()], body)
+    return Wire(url.host, url.port or (443 if https else 80), https, payload, tuple(headers.items()))
+
+
+def request_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """One HTTP/1.1 request on a connection we close: request line, Host from the URL, the
+    headers (without framing ones), Content-Length where a body is or may be expected."""
+    lines = [method.encode() + b" " + url.raw_path + b" HTTP/1.1", b"Host: " + url.netloc]
+    lines += [n + b": " + v for n, v in headers if n.lower() not in _HOP_HEADERS]
+    if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}".encode())
     lines.append(b"Connection: close")
-    payload = b"\r\n".join(lines) + b"\r\n\r\n" + body
-    return Wire(url.host, url.port or (443 if https else 80), https, payload, tuple(headers.items()))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class H1Transport(httpx.AsyncBaseTransport):
@@ -449,16 +455,11 @@ class H1Transport(httpx.AsyncBaseTransport):
         url = request.url
         https = url.scheme == "https"
         body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
-        lines = [request.method.encode() + b" " + url.raw_path + b" HTTP/1.1"]
-        lines += [n + b": " + v for n, v in request.headers.raw if n.lower() not in _HOP_HEADERS]
-        lines.insert(1, b"Host: " + url.netloc)
-        if body or request.method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}".encode())
-        lines.append(b"Connection: close")
+        payload = request_bytes(request.method, url, request.headers.raw, body)
         ext = request.extensions
         limit = ext.get("stackwatch.body_limit", 1024 * 1024)
         ex = await http1.request(
-            url.host, url.port or (443 if https else 80), b"\r\n".join(lines) + b"\r\n\r\n" + body,
+            url.host, url.port or (443 if https else 80), payload,
             deadline=ext["stackwatch.deadline"], body_limit=limit, head_request=request.method == "HEAD",
             ssl_context=self._ssl if https else None, server_hostname=ext.get("sni_hostname"))
         phases = ext.get("trace")
