@@ -38,6 +38,9 @@ MAX_FRAMING_BYTES = 64 * 1024
 """Bytes of chunk-size lines, extensions and trailers in a row without body data."""
 
 NO_BODY_STATUS = (204, 304)
+TLS_SHUTDOWN_TIMEOUT = 1.0
+"""Seconds a finished TLS connection waits for the server's close_notify before it is dropped
+(asyncio's default is 30 s, which lets a server that never answers hold a socket that long)."""
 
 
 class Exchange(asyncio.Protocol):
@@ -195,14 +198,18 @@ class Exchange(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, whatever state it is in (idempotent)."""
+        if self.transport is not None:
+            self.transport.abort()
+
     def _fail(self, reason: Reason, message: str) -> None:
         if self.done.done():
             return
         self.t_done = monotonic()
         self.done.set_exception(ProbeFailure(reason, message))
         self.done.exception()  # retrieved: the caller re-raises it, or has gone at its deadline
-        if self.transport is not None:
-            self.transport.close()
+        self.abort()
 
 
 def _connect_failure(exc: OSError, host: str) -> ProbeFailure:
@@ -233,7 +240,8 @@ async def request(host: str, port: int, payload: bytes, *, deadline: float, body
             if ssl_context is not None:
                 stage = "in the TLS handshake"
                 try:
-                    new = await loop.start_tls(transport, ex, ssl_context, server_hostname=server_hostname or host)
+                    new = await loop.start_tls(transport, ex, ssl_context, server_hostname=server_hostname or host,
+                                               ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT)
                 except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
                     raise ProbeFailure(Reason.TLS, f"TLS handshake failed: {exc}") from None
                 assert new is not None
@@ -249,8 +257,14 @@ async def request(host: str, port: int, payload: bytes, *, deadline: float, body
             stage = "reading the body"
         raise ProbeFailure(Reason.TIMEOUT, f"no complete answer within the timeout ({stage})") from None
     finally:
-        if transport is not None and not ex.done.done():
-            transport.close()
+        # Every way out but a complete answer (timeout, cancellation, a failure raised here or by
+        # the protocol) drops the connection at once: abort() releases the socket now, where a
+        # TLS close() would wait for the peer's close_notify.  ``ex.done`` says nothing here: a
+        # timeout cancels it, so it is "done" without the exchange having finished.
+        if not (ex.done.done() and not ex.done.cancelled() and ex.done.exception() is None):
+            ex.abort()
+            if transport is not None and transport is not ex.transport:
+                transport.abort()
     return ex
 
 
