@@ -11,7 +11,9 @@ Modes (each on its own loopback port):
 * ``big``: answers 200 with a 2 MB body (Content-Length), for body-limit failures;
 * ``trickle``: sends the head, then one body byte a second;
 * ``slam``: closes at once;
-* ``redirect``: answers 302 to ``silent``.
+* ``redirect``: answers 302 to ``silent``;
+* ``ok`` and ``tls_ok``: a healthy JSON answer (``{"status": "healthy"}``), path ``/500`` answers 500;
+* ``redirect_ok``: answers 302 to ``ok``.
 """
 
 from __future__ import annotations
@@ -75,10 +77,33 @@ async def main(cert: str, key: str) -> None:
             pass
         writer.close()
 
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = b"500 Internal Server Error" if b" /500 " in head.split(b"\r\n", 1)[0] else b"200 OK"
+            body = b'{"status": "healthy", "version": "1.0.0"}'
+            writer.write(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (status, len(body), body))
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, ssl.SSLError):
+            pass
+        writer.close()
+
+    async def redirect_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:%d/next\r\nContent-Length: 0\r\n"
+                         b"Connection: close\r\n\r\n" % ports["ok"])
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        writer.close()
+
     servers = []
     for name, handler, ctx in (("silent", silent, None), ("tls_silent", silent, tls), ("tls_mute", silent, None),
                                ("big", big, None), ("trickle", trickle, None), ("slam", slam, None),
-                               ("redirect", redirect, None)):
+                               ("redirect", redirect, None), ("ok", ok, None), ("tls_ok", ok, tls),
+                               ("redirect_ok", redirect_ok, None)):
         server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=ctx, backlog=1024)
         ports[name] = server.sockets[0].getsockname()[1]
         servers.append(server)

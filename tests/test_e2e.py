@@ -309,7 +309,7 @@ targets:
         assert status == 400
         assert 'targets[0].timeout (line 2, column 47): expected a duration like 5s, got "fast"' in body.decode()
         text = sw.metrics()
-        assert "stackwatch_config_last_reload_successful 0" in text
+        assert "\nstackwatch_config_last_reload_successful 0.0\n" in text
         assert 'target="third"' not in text
         before = _runs(sw, "first")
         wait_until(lambda: _runs(sw, "first") > before, 5, "first still probed after a bad reload")
@@ -317,7 +317,8 @@ targets:
         # SIGHUP reloads too.
         cfg.write_text(f"targets:\n  - {{name: fourth, kind: http, url: \"{servers.url('/health')}\", interval: 1s}}\n")
         sw.signal(signal.SIGHUP)
-        wait_until(lambda: "stackwatch_config_last_reload_successful 1" in sw.metrics(), 10, "SIGHUP reload")
+        # the sample line, not the text: the metric's HELP line contains "... successful 1" too
+        wait_until(lambda: "\nstackwatch_config_last_reload_successful 1.0\n" in sw.metrics(), 10, "SIGHUP reload")
         text = sw.metrics()
         assert 'target="first"' not in text and 'stackwatch_probe_timeout_seconds{target="fourth"' in text
         assert http_get(sw.base + "/-/reload")[0] == 405

@@ -314,6 +314,6 @@ def test_reload_spam_keeps_unchanged_targets_on_schedule(servers, algod, tmp_pat
             # restart its phase and, with changed identity, lose runs)
             assert ran >= 0.7 * took / 0.5, (name, ran, reloads)
         assert reloads >= 20
-        assert "stackwatch_config_last_reload_successful 1" in sw.metrics()
+        assert "\nstackwatch_config_last_reload_successful 1.0\n" in sw.metrics()
     finally:
         sw.stop()

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import ssl
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +26,9 @@ log = logging.getLogger("stackwatch")
 
 FREEZE_EVERY = float(os.environ.get("STACKWATCH_GC_FREEZE_EVERY", "5"))
 SWEEP_EVERY = 3600.0
+SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.005"))
+SWEEP_GROWTH = 0.1
+SWEEP_GROWTH_MIN = 20_000
 
 
 class Exporter:
@@ -50,12 +54,16 @@ class Exporter:
         self.scheduler: Scheduler | None = None
         self.gc_pauses = GCPauses()
         self._gc_task: asyncio.Task[None] | None = None
+        self.gc_baseline = 0
+        """Objects frozen after the last full sweep (or load); growth past it triggers a sweep."""
+        self.gc_sweeps = 0
         self.metrics = SelfMetrics(self)
         self.reload_ok = True
         self.last_reload_error = ""
         self.ready = False
 
     async def start(self) -> None:
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.probers.reload(self.config)
         self.store.set_targets(self.config)
         self.scheduler = Scheduler(self.probers, self.store.record, self.config.scheduler)
@@ -70,26 +78,39 @@ class Exporter:
         log.info("started", extra={"config": self.config_path, "targets": len(self.config.targets)})
 
     async def _keep_gc_short(self) -> None:
-        """Keep the cyclic garbage collector's full passes short and rare.
+        """Keep the cyclic garbage collector's full passes short and rare, without keeping garbage.
 
         Targets' states, histories and last outcomes live for minutes to forever; left in the
         collector's oldest generation they make every full pass scan them all (7 passes of
         ~80 ms in 30 s at 10k targets, each stopping probing and delaying the answers that
-        arrive meanwhile).  Every FREEZE_EVERY seconds, after a pass over the young
-        generations (so what is frozen is reachable, or was already old), the survivors move to
-        the permanent generation, which passes never scan; objects there are still freed by
-        reference counting when dropped.  A garbage cycle that reached the old generation
-        before a freeze would be kept, so once every SWEEP_EVERY seconds one full pass runs
-        over everything.  stackwatch_gc_pause_seconds shows the passes."""
+        arrive meanwhile).  Every FREEZE_EVERY seconds a pass over everything not yet frozen
+        (what survived the last few seconds: short) frees the cycles that died meanwhile, then
+        the survivors move to the permanent generation, which passes never scan; objects there
+        are still freed by reference counting when dropped.
+
+        A cycle that was still alive at a freeze (an exception and its traceback in a probe in
+        flight, say) is freed only by a pass over everything.  The probes' own hot paths make
+        no cycles (tests/test_gc_cycles.py); for the rest, such a sweep runs once every
+        SWEEP_EVERY seconds, and sooner once the frozen objects have grown by SWEEP_GROWTH of
+        what the last sweep left (at least SWEEP_GROWTH_MIN objects), so memory never grows by
+        more than that between sweeps.  stackwatch_gc_pause_seconds shows the passes and
+        stackwatch_gc_frozen_objects what is frozen."""
         last_sweep = time.monotonic()
+        self.gc_baseline = gc.get_freeze_count()
         while True:
             await asyncio.sleep(FREEZE_EVERY)
-            gc.collect(1)
-            if time.monotonic() - last_sweep >= SWEEP_EVERY:
+            gc.collect(2)  # the permanent generation is not scanned
+            grown = gc.get_freeze_count() - self.gc_baseline
+            if (time.monotonic() - last_sweep >= SWEEP_EVERY
+                    or grown > max(SWEEP_GROWTH_MIN, SWEEP_GROWTH * self.gc_baseline)):
                 gc.unfreeze()
                 gc.collect()
                 last_sweep = time.monotonic()
-            gc.freeze()
+                self.gc_sweeps += 1
+                gc.freeze()
+                self.gc_baseline = gc.get_freeze_count()
+            else:
+                gc.freeze()
 
     async def stop(self) -> None:
         if self._gc_task is not None:
@@ -146,7 +167,9 @@ class Exporter:
         self.last_reload_error = ""
         self.metrics.reload_ok.set(1)
         self.metrics.reload_at.set(time.time())
+        gc.collect(2)  # the old config's cycles, before the freeze would keep them
         gc.freeze()  # the new config's models live until the next reload, as at start
+        self.gc_baseline = gc.get_freeze_count()
         self._silences()
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True, new.summary()

@@ -332,6 +332,12 @@ class _LiveCollector:
         pauses = getattr(ex, "gc_pauses", None)
         if pauses is not None:
             yield pauses.family()
+            yield GaugeMetricFamily("stackwatch_gc_frozen_objects",
+                                    "Objects in the garbage collector's permanent generation (long-lived, never "
+                                    "scanned; a full sweep runs when they grow).", value=gc.get_freeze_count())
+            yield CounterMetricFamily("stackwatch_gc_sweeps",
+                                      "Full garbage-collector sweeps over the frozen objects too.",
+                                      value=getattr(ex, "gc_sweeps", 0))
         yield HistogramMetricFamily(
             "stackwatch_scheduler_lag_seconds",
             "Delay between a probe's planned start and the moment it got a concurrency slot.",

@@ -54,6 +54,19 @@ class Ring:
         return out
 
 
+    def uptime(self, now: float) -> float | None:
+        """Probe-weighted share of successes over the last ``slots`` buckets (as
+        ``uptime(self.series(now))``, without building the buckets)."""
+        last = int(now // self.width)
+        first = last - len(self.ids) + 1
+        total = ok = 0
+        for i, bucket in enumerate(self.ids):
+            if first <= bucket <= last:
+                total += self.total[i]
+                ok += self.ok[i]
+        return ok / total if total else None
+
+
 @dataclass(frozen=True, slots=True)
 class Bucket:
     start: float

@@ -55,7 +55,7 @@ def tick_for(rate: float) -> float:
     return min(MAX_TICK, max(MIN_TICK, BURST / rate)) if rate > 0 else MAX_TICK
 
 
-LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Busy(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
 import signal
 import time
@@ -23,6 +24,7 @@ from stackwatch import statuspage as sp
 from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
+from stackwatch.cooperative import Slicer
 from stackwatch.listener import Guard, Limits
 from stackwatch.scheduler import Busy
 from stackwatch.webconfig import BasicAuthChecker
@@ -131,7 +133,11 @@ async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
     states = list(ex.store.states.values())
-    state_of = {st.target.name: sp.target_state(st, now)[0] for st in states}
+    slicer = Slicer()
+    state_of = {}
+    for st in states:
+        state_of[st.target.name] = sp.target_state(st, now)[0]
+        await slicer.pause()
     counts: dict[str, int] = {}
     for value in state_of.values():
         counts[value] = counts.get(value, 0) + 1
@@ -160,6 +166,7 @@ async def status_page(request: web.Request) -> web.Response:
             f"<td>{sp.bar_svg(h.quarter, title='last 24 hours')}<span class='note'>24h {sp._pct(h.uptime_24h)}</span></td>"
             f"<td>{sp.bar_svg(h.day, width=270, title='last 90 days')}<span class='note'>90d {sp._pct(h.uptime_90d)}</span></td>"
             f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
+        await slicer.pause()
     source = next(iter(hist.values())).source if hist else "memory"
     note = ("History from Prometheus." if source == "prometheus" else
             "History since stackwatch started (in memory): set --prometheus.url for history that survives restarts"
@@ -209,12 +216,23 @@ async def api_targets(request: web.Request) -> web.Response:
     states = list(ex.store.states.values())
     # Prometheus history for up to 1000 targets (one query); beyond that, memory, which is free.
     remotes = ex.remotes if len(states) <= 1000 else sp.Remotes()
-    hist = await sp.histories(ex.store, remotes, [st.target.name for st in states])
-    items = []
+    hist = await sp.uptimes(ex.store, remotes, [st.target.name for st in states])
+    # Built and encoded a slice at a time, giving the event loop back in between: at thousands
+    # of targets the whole list takes long enough to delay probes (scheduler lag).
+    slicer = Slicer()
+    parts: list[bytes] = []
+    batch: list[str] = []
     for st in states:
         window = ex.config.in_maintenance(st.target.name, now)
-        items.append(sp.target_json(st, hist[st.target.name], now, window.name if window else None))
-    return web.json_response({"targets": items, "generated_at": now})
+        batch.append(json.dumps(sp.target_json(st, hist[st.target.name], now, window.name if window else None)))
+        if len(batch) >= 100:
+            parts.append(",".join(batch).encode())
+            batch = []
+        await slicer.pause()
+    if batch:
+        parts.append(",".join(batch).encode())
+    body = b'{"targets":[' + b",".join(parts) + b'],"generated_at":' + json.dumps(now).encode() + b"}"
+    return web.Response(body=body, content_type="application/json")
 
 
 async def api_history(request: web.Request) -> web.Response:

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from stackwatch import __version__
+from stackwatch.cooperative import Slicer
 from stackwatch.history import DAY, QUARTER, Bucket, uptime
 from stackwatch.redact import redact_url
 from stackwatch.store import Store, TargetState
@@ -182,12 +183,15 @@ async def histories(store: Store, remotes: Remotes, names: list[str]) -> dict[st
                 remotes.query_range(f"avg by (target) (avg_over_time({sel}[1d]))", now - 90 * DAY, now, DAY))
             quarters = {r["metric"].get("target"): r["values"] for r in q}
             days = {r["metric"].get("target"): r["values"] for r in d}
+            slicer = Slicer()
             for n in names:
                 out[n] = TargetHistory(_buckets_from(quarters.get(n, []), QUARTER, 96, now),
                                        _buckets_from(days.get(n, []), DAY, 90, now), "prometheus")
+                await slicer.pause()
             return out
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
             log.debug("history from Prometheus failed, using memory: %s", type(exc).__name__)
+    slicer = Slicer()
     for n in names:
         state = store.states.get(n)
         h = state.history if state is not None else None
@@ -195,6 +199,35 @@ async def histories(store: Store, remotes: Remotes, names: list[str]) -> dict[st
             out[n] = TargetHistory(_buckets_from([], QUARTER, 96, now), _buckets_from([], DAY, 90, now), "memory")
         else:
             out[n] = TargetHistory(h.quarter.series(now), h.day.series(now), "memory")
+        await slicer.pause()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Uptimes:
+    """What the JSON API shows of a target's history."""
+
+    u24h: float | None
+    u90d: float | None
+    source: str
+
+
+async def uptimes(store: Store, remotes: Remotes, names: list[str]) -> dict[str, Uptimes]:
+    """24-hour and 90-day uptime of the named targets; from memory without building the bars,
+    yielding to the event loop as it goes (the API lists every target)."""
+    if remotes.prometheus and names:
+        hist = await histories(store, remotes, names)
+        if hist and next(iter(hist.values())).source == "prometheus":
+            return {n: Uptimes(h.uptime_24h, h.uptime_90d, h.source) for n, h in hist.items()}
+    now = time.time()
+    out: dict[str, Uptimes] = {}
+    slicer = Slicer()
+    for n in names:
+        state = store.states.get(n)
+        h = state.history if state is not None else None
+        out[n] = Uptimes(h.quarter.uptime(now), h.day.uptime(now), "memory") if h is not None \
+            else Uptimes(None, None, "memory")
+        await slicer.pause()
     return out
 
 
@@ -215,7 +248,7 @@ def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
     return status, reason, list(r.failing_checks)
 
 
-def target_json(state: TargetState, hist: TargetHistory, now: float, maintenance: str | None = None) -> dict[str, Any]:
+def target_json(state: TargetState, hist: Uptimes, now: float, maintenance: str | None = None) -> dict[str, Any]:
     status, reason, checks = target_state(state, now)
     r = state.result
     return {"maintenance": maintenance,
@@ -223,7 +256,7 @@ def target_json(state: TargetState, hist: TargetHistory, now: float, maintenance
         "state": status, "reason": reason, "failing_checks": checks,
         "last_probe": r.finished_at if r else None, "duration_seconds": r.duration if r else None,
         "interval_seconds": float(state.target.interval or 15),
-        "uptime": {"24h": hist.uptime_24h, "90d": hist.uptime_90d}, "history_source": hist.source,
+        "uptime": {"24h": hist.u24h, "90d": hist.u90d}, "history_source": hist.source,
     }
 
 

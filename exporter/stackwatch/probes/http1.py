@@ -48,13 +48,15 @@ class Exchange(asyncio.Protocol):
 
     __slots__ = ("_parser", "_head_request", "body_limit", "transport", "status", "reason", "headers",
                  "_chunks", "size", "done", "t_start", "t_connected", "t_tls", "t_sent", "t_first", "t_done",
-                 "_head_bytes", "_final", "_interim", "_progress", "_idle", "_eof_body", "ssl_object")
+                 "_head_bytes", "_final", "_interim", "_progress", "_idle", "_eof_body", "ssl_object", "_raw")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, head_request: bool, body_limit: int):
         self._parser = httptools.HttpResponseParser(self)
         self._head_request = head_request
         self.body_limit = body_limit
         self.transport: asyncio.Transport | None = None
+        self._raw: asyncio.Transport | None = None
+        """The TCP transport under a TLS one."""
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -118,6 +120,13 @@ class Exchange(asyncio.Protocol):
         return False  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        for t in (self.transport, self._raw):
+            if t is not None and hasattr(t, "_read_ready_cb"):
+                # asyncio's selector transport keeps a bound method of itself (a cycle CPython's
+                # asyncio never breaks; uvloop's has none); nothing reads it once the connection
+                # is lost.  Left in place, the transport and its socket wait for the cyclic GC.
+                t._read_ready_cb = None
+        self._raw = None
         if self.done.done():
             return
         if self._final and self._eof_body:
@@ -198,6 +207,17 @@ class Exchange(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def release(self) -> None:
+        """Break the exchange's reference cycles (parser <-> callbacks, future <-> raised failure),
+        so that reference counting frees it the moment the caller drops it.  Left to the cyclic
+        GC, a probe's objects would wait for a collection, and any that were in flight when the
+        exporter froze the GC's generations (app.py) would be kept until its hourly sweep."""
+        self._parser = None
+        if self.done.done() and not self.done.cancelled() and self.done.exception() is not None:
+            done = self.done.get_loop().create_future()
+            done.set_result(None)
+            self.done = done  # the failure object (and its traceback) is the caller's alone
+
     def abort(self) -> None:
         """Drop the connection now, whatever state it is in (idempotent)."""
         if self.transport is not None:
@@ -230,6 +250,7 @@ async def request(host: str, port: int, payload: bytes, *, deadline: float, body
     stage = "connecting"
     ex.t_start = monotonic()
     transport: asyncio.Transport | None = None
+    raw: asyncio.Transport | None = None  # the TCP transport under a TLS one
     try:
         async with asyncio.timeout_at(deadline):
             try:
@@ -245,7 +266,8 @@ async def request(host: str, port: int, payload: bytes, *, deadline: float, body
                 except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
                     raise ProbeFailure(Reason.TLS, f"TLS handshake failed: {exc}") from None
                 assert new is not None
-                transport = ex.transport = new
+                raw, transport = transport, new
+                ex.transport, ex._raw = new, raw
                 ex.ssl_object = new.get_extra_info("ssl_object")
                 ex.t_tls = monotonic()
             stage = "waiting for the response"
@@ -265,6 +287,9 @@ async def request(host: str, port: int, payload: bytes, *, deadline: float, body
             ex.abort()
             if transport is not None and transport is not ex.transport:
                 transport.abort()
+            if raw is not None:
+                raw.abort()
+        ex.release()
     return ex
 
 

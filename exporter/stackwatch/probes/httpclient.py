@@ -520,8 +520,20 @@ async def _follow(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients, w: 
     if ctx.verbose:
         ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history) + 1} redirect(s), "
                 f"{len(resp.content)} body bytes")
-    return Response(resp.status_code, resp.content, len(resp.history) + 1, "HTTP/1.1", phases,
-                    time.monotonic() - first.t_start)
+    out = Response(resp.status_code, resp.content, len(resp.history) + 1, "HTTP/1.1", phases,
+                   time.monotonic() - first.t_start)
+    _unlink(resp)
+    return out
+
+
+_EMPTY = httpx.ByteStream(b"")
+
+
+def _unlink(resp: httpx.Response) -> None:
+    """Break httpx's response <-> stream cycle once the body is read, so that reference
+    counting frees the exchange at once (see Exchange.release)."""
+    for r in (resp, *resp.history):
+        r.stream = _EMPTY
 
 
 async def _fetch_httpx(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
@@ -557,6 +569,7 @@ async def _fetch_httpx(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients
                 chunks.append(chunk)
             response = Response(resp.status_code, b"".join(chunks), len(resp.history), resp.http_version, phases,
                                 time.monotonic() - started)
+        _unlink(resp)
     except ProbeFailure:
         raise
     except httpx.TimeoutException as exc:
