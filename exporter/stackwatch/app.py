@@ -26,7 +26,7 @@ log = logging.getLogger("stackwatch")
 
 FREEZE_EVERY = float(os.environ.get("STACKWATCH_GC_FREEZE_EVERY", "5"))
 SWEEP_EVERY = 3600.0
-SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.005"))
+SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.001"))
 SWEEP_GROWTH = 0.1
 SWEEP_GROWTH_MIN = 20_000
 
