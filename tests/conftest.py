@@ -18,6 +18,27 @@ def servers(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(autouse=True)
+def stop_left_processes():
+    """Processes a test started and did not stop (a later step of its setup raised before its
+    try/finally) are stopped when it ends; those of wider-scoped fixtures, started before, stay."""
+    from harness import Process
+
+    before = set(Process.live)
+    yield
+    for proc in list(Process.live - before):
+        proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_all_processes():
+    from harness import Process
+
+    yield
+    for proc in list(Process.live):
+        proc.stop()
+
+
+@pytest.fixture(autouse=True)
 async def close_probe_state():
     """Each test's kinds and their state (clients, engines, pools) end with the test, as they
     end with an exporter run: nothing leaks into the next test."""

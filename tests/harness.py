@@ -64,11 +64,16 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 
 
 class Process:
+    live: set[Process] = set()
+    """Every process started and not yet stopped: conftest stops those a test started and left
+    running (its setup failed half-way, say), and at the end of the session all of them."""
+
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
                  preexec_fn: Callable[[], None] | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn)
+        Process.live.add(self)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -85,6 +90,7 @@ class Process:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+        Process.live.discard(self)
 
 
 class Stackwatch(Process):
