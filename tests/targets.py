@@ -49,6 +49,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def quiet_port() -> int:
+    """A free port below the ephemeral range, for a server started later than the port is chosen
+    (no outgoing connection can take it meanwhile)."""
+    import random
+    from pathlib import Path
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low), 500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 class LoopThread:
     """An asyncio loop in a daemon thread, for servers that must outlive one test's loop."""
 

@@ -169,8 +169,8 @@ def test_telegram_template_stays_under_4096_characters_and_escapes_html(tmp_path
 
 
 class Alertmanager(Process):
-    def __init__(self, tmp: Path, config: Path):
-        self.port = free_port()
+    def __init__(self, tmp: Path, config: Path, port: int | None = None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         super().__init__([require_binary("prometheus-alertmanager"), f"--config.file={config}",
                           f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.port}",

@@ -88,7 +88,8 @@ def test_no_import_cycle():
 
 
 # (importer prefix, forbidden import prefixes): the rules of docs/architecture.md.
-BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition", "stackwatch.yamlload")
+BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition", "stackwatch.yamlload",
+          "stackwatch.cooperative")
 ABOVE_PROBES = ("stackwatch.kinds", "stackwatch.runner", "stackwatch.scheduler", "stackwatch.store",
                 "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
                 "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition")

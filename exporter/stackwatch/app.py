@@ -19,6 +19,7 @@ from stackwatch.listener import Stats
 from stackwatch.probes.base import ProbeKind
 from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
+from stackwatch.remote import RemoteError
 from stackwatch.statuspage import Remotes
 from stackwatch.webconfig import WebConfig, load_web_config
 
@@ -27,6 +28,7 @@ log = logging.getLogger("stackwatch")
 FREEZE_EVERY = float(os.environ.get("STACKWATCH_GC_FREEZE_EVERY", "5"))
 SWEEP_EVERY = 3600.0
 SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.001"))
+SILENCE_EVERY = float(os.environ.get("STACKWATCH_SILENCE_SYNC_EVERY", "60"))
 SWEEP_GROWTH = 0.1
 SWEEP_GROWTH_MIN = 20_000
 
@@ -57,6 +59,9 @@ class Exporter:
         self.gc_baseline = 0
         """Objects frozen after the last full sweep (or load); growth past it triggers a sweep."""
         self.gc_sweeps = 0
+        self._silence_task: asyncio.Task[None] | None = None
+        self._silence_kick: asyncio.Event | None = None
+        self.silence_sync_ok = True
         self.metrics = SelfMetrics(self)
         self.reload_ok = True
         self.last_reload_error = ""
@@ -115,6 +120,8 @@ class Exporter:
     async def stop(self) -> None:
         if self._gc_task is not None:
             self._gc_task.cancel()
+        if self._silence_task is not None:
+            self._silence_task.cancel()
         self.ready = False
         if self.scheduler is not None:
             await self.scheduler.stop()
@@ -175,21 +182,39 @@ class Exporter:
         return True, new.summary()
 
     def _silences(self) -> None:
-        """Sync maintenance windows to Alertmanager silences, in the background."""
+        """Reconcile maintenance windows with Alertmanager's silences now (start, reload), then
+        every SILENCE_EVERY seconds; after a failure again in 2, 4, 8... seconds (at most
+        SILENCE_EVERY), so an Alertmanager that was down at start gets its silences once it is up."""
         if not self.remotes.alertmanager:
             return
+        if self._silence_task is None or self._silence_task.done():
+            self._silence_kick = asyncio.Event()
+            self._silence_task = asyncio.get_running_loop().create_task(self._reconcile_silences())
+        assert self._silence_kick is not None
+        self._silence_kick.set()
 
-        async def sync() -> None:
+    async def _reconcile_silences(self) -> None:
+        assert self._silence_kick is not None
+        backoff = 2.0
+        while True:
+            await self._silence_kick.wait()
+            self._silence_kick.clear()
             try:
                 created = await self.remotes.sync_silences(list(self.config.maintenance))
+            except Exception as exc:  # noqa: BLE001 -- Alertmanager down or odd: retried, never fatal
+                self.silence_sync_ok = False
+                message = exc.message if isinstance(exc, RemoteError) else f"{type(exc).__name__}: {exc}"
+                log.warning("cannot sync maintenance silences", extra={"error": message, "retry_in_seconds": backoff})
+                delay, backoff = backoff, min(backoff * 2, SILENCE_EVERY)
+            else:
                 if created:
                     log.info("maintenance silences created", extra={"count": created})
-            except Exception as exc:  # Alertmanager down: try again at the next reload
-                log.warning("cannot sync maintenance silences", extra={"error": type(exc).__name__})
-
-        task = asyncio.get_running_loop().create_task(sync())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+                self.silence_sync_ok = True
+                delay, backoff = SILENCE_EVERY, 2.0
+            try:
+                await asyncio.wait_for(self._silence_kick.wait(), delay)
+            except TimeoutError:
+                self._silence_kick.set()
 
     def self_metrics(self, openmetrics: bool) -> bytes:
         return self.metrics.render(openmetrics)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import time
 import urllib.parse
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackwatch.durations import format_duration, parse_duration
+from stackwatch.remote import Alertmanager, Limits, Prometheus, RemoteError, run_sync
 
 SLO = 0.999
 GOAL_P50 = 0.5
@@ -41,32 +43,39 @@ CHECKS = [
     ("stackwatch_consistency_field_agreement == 0", "sources disagree on {field}"),
 ]
 
+log = logging.getLogger("stackwatch.report")
+
 
 class PromError(Exception):
     pass
 
 
 class Prom:
-    def __init__(self, url: str, timeout: float = 15.0):
-        self.url = url.rstrip("/")
-        self.timeout = timeout
+    """Prometheus for the report: the shared client (remote.py), with a longer deadline and a
+    larger answer limit than the status page's (a day of every target's series)."""
 
-    def _get(self, path: str, **params: str) -> Any:
-        full = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    def __init__(self, url: str, timeout: float = 30.0, max_bytes: int = 128 * 1024 * 1024):
+        self.url = url.rstrip("/")
+        self.client = Prometheus(url, Limits(total=timeout, max_bytes=max_bytes))
+
+    def _run(self, call: Any) -> list[dict[str, Any]]:
+        async def once() -> list[Any]:
+            try:
+                return await call
+            finally:
+                await self.client.close()
+
         try:
-            with urllib.request.urlopen(full, timeout=self.timeout) as resp:
-                doc = json.loads(resp.read())
-        except (OSError, ValueError) as exc:
-            raise PromError(f"Prometheus at {self.url}: {exc}") from None
-        if doc.get("status") != "success":
-            raise PromError(f"Prometheus at {self.url}: {doc.get('error', 'query failed')}")
-        return doc["data"]["result"]
+            series = run_sync(once())
+        except RemoteError as exc:
+            raise PromError(exc.message) from None
+        return [x.model_dump() for x in series]
 
     def query(self, expr: str, at: float) -> list[dict[str, Any]]:
-        return self._get("query", query=expr, time=f"{at:.3f}")
+        return self._run(self.client.query(expr, at))
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        return self._get("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:.3f}")
+        return self._run(self.client.query_range(expr, start, end, step))
 
 
 @dataclass
@@ -221,12 +230,18 @@ def _alerts(prom: Prom, start: float, end: float) -> list[dict[str, Any]]:
 
 def _firing_now(prom: Prom, now: float, alertmanager: str | None) -> list[dict[str, Any]]:
     if alertmanager:
+        client = Alertmanager(alertmanager, Limits(total=15.0, max_bytes=64 * 1024 * 1024))
+
+        async def firing() -> list[Any]:
+            try:
+                return await client.alerts(silenced="false", inhibited="false")
+            finally:
+                await client.close()
+
         try:
-            with urllib.request.urlopen(alertmanager.rstrip("/") + "/api/v2/alerts?active=true&silenced=false"
-                                        "&inhibited=false", timeout=15) as resp:
-                return json.loads(resp.read())
-        except (OSError, ValueError):
-            pass
+            return [a.model_dump() for a in run_sync(firing())]
+        except RemoteError as exc:
+            log.warning("%s; firing alerts from Prometheus instead", exc.message)
     out = []
     for s in prom.query('ALERTS{alertstate="firing"}', now):
         out.append({"labels": s["metric"], "annotations": {}})

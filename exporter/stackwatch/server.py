@@ -16,7 +16,6 @@ import signal
 import time
 from typing import Any
 
-import httpx
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -120,13 +119,14 @@ async def reload_wrong_method(request: web.Request) -> web.Response:
     return web.Response(status=405, text="use POST /-/reload\n", headers={"Allow": "POST"})
 
 
-async def _alerts(ex: Exporter) -> list[dict[str, Any]] | None:
+async def _alerts(ex: Exporter) -> list[sp.Alert] | str | None:
+    """Current alerts, None without an Alertmanager, or why they could not be read."""
     if not ex.remotes.alertmanager:
         return None
     try:
         return await ex.remotes.alerts()
-    except (httpx.HTTPError, ValueError):
-        return None
+    except sp.RemoteError as exc:
+        return exc.message
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -210,10 +210,30 @@ async def target_page(request: web.Request) -> web.Response:
     return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
 
 
+API_PAGE = 500
+API_PAGE_MAX = 5000
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f'{name} must be a whole number from {low} to {high}, got "{raw[:20]}"')
+    return int(raw)
+
+
 async def api_targets(request: web.Request) -> web.Response:
+    """Targets in config order, ``limit`` (default API_PAGE, at most API_PAGE_MAX) from ``offset``."""
     ex = request.app[EXPORTER]
+    try:
+        limit = _int_param(request, "limit", API_PAGE, 1, API_PAGE_MAX)
+        offset = _int_param(request, "offset", 0, 0, 10**9)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
     now = time.time()
-    states = list(ex.store.states.values())
+    every = list(ex.store.states.values())
+    states = every[offset:offset + limit]
     # Prometheus history for up to 1000 targets (one query); beyond that, memory, which is free.
     remotes = ex.remotes if len(states) <= 1000 else sp.Remotes()
     hist = await sp.uptimes(ex.store, remotes, [st.target.name for st in states])
@@ -231,7 +251,11 @@ async def api_targets(request: web.Request) -> web.Response:
         await slicer.pause()
     if batch:
         parts.append(",".join(batch).encode())
-    body = b'{"targets":[' + b",".join(parts) + b'],"generated_at":' + json.dumps(now).encode() + b"}"
+    following = offset + limit if offset + limit < len(every) else None
+    error = remotes.last_error if remotes.prometheus and any(h.source == "memory" for h in hist.values()) else ""
+    tail = {"generated_at": now, "total": len(every), "offset": offset, "limit": limit, "next_offset": following,
+            "history_error": error or None}
+    body = b'{"targets":[' + b",".join(parts) + b"]," + json.dumps(tail).encode()[1:]
     return web.Response(body=body, content_type="application/json")
 
 
@@ -244,7 +268,10 @@ async def api_history(request: web.Request) -> web.Response:
     if name not in ex.store.states:
         return web.json_response({"error": f'unknown target "{name[:200]}"'}, status=404)
     hist = await sp.histories(ex.store, ex.remotes, [name])
-    return web.json_response(sp.history_json(name, hist[name], range_))
+    doc = sp.history_json(name, hist[name], range_)
+    if ex.remotes.prometheus and hist[name].source == "memory" and ex.remotes.last_error:
+        doc["error"] = f"history from Prometheus unavailable: {ex.remotes.last_error}"
+    return web.json_response(doc)
 
 
 OPEN_PATHS = frozenset({"/-/healthy"})

@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+from collections.abc import Awaitable, Callable
 
 from stackwatch import __version__
 from stackwatch.cooperative import Slicer
 from stackwatch.history import DAY, QUARTER, Bucket, uptime
-from stackwatch.redact import redact_url
+from stackwatch.remote import Alert, Alertmanager, Limits, Prometheus, RemoteError, Series
 from stackwatch.store import Store, TargetState
 
 log = logging.getLogger("stackwatch.status")
@@ -36,6 +36,7 @@ log = logging.getLogger("stackwatch.status")
 PAGE_SIZE = 100
 REMOTE_TIMEOUT = 4.0
 CACHE_SECONDS = 30.0
+ERROR_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -53,60 +54,106 @@ class TargetHistory:
         return uptime(self.day)
 
 
+CALL_LIMITS = Limits(total=REMOTE_TIMEOUT, max_bytes=16 * 1024 * 1024)
+WAIT = 1.5
+"""Seconds a page waits for a remote answer it does not have yet; past it the page shows memory
+history (or no alerts) and says so, while the fetch goes on in the background and fills the
+cache for the next view."""
+
+
+@dataclass
+class _Entry:
+    at: float
+    value: Any
+
+
 @dataclass
 class Remotes:
-    """Optional Prometheus and Alertmanager to read history and alerts from."""
+    """Optional Prometheus and Alertmanager to read history and alerts from (remote.py clients).
+
+    Answers are cached for CACHE_SECONDS; one fetch per question runs at a time whatever the
+    number of viewers; a view waits at most WAIT seconds, and a cached answer past its age is
+    shown at once while a fresh one is fetched."""
 
     prometheus: str | None = None
     alertmanager: str | None = None
-    _client: httpx.AsyncClient | None = None
-    _cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    _prom: Prometheus | None = None
+    _am: Alertmanager | None = None
+    _cache: dict[str, _Entry] = field(default_factory=dict)
+    _inflight: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    _failed: dict[str, tuple[float, RemoteError]] = field(default_factory=dict)
     last_error: str = ""
+    """Why the last history read from Prometheus failed ("" when it worked)."""
+    last_answer_at: float = 0.0
+    """Wall-clock time of the newest answer shown (the page gives its age)."""
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=REMOTE_TIMEOUT, trust_env=False)
-        return self._client
+    def prom(self) -> Prometheus:
+        assert self.prometheus
+        if self._prom is None or self._prom.url != self.prometheus.rstrip("/"):
+            self._prom = Prometheus(self.prometheus, CALL_LIMITS)
+        return self._prom
+
+    def am(self) -> Alertmanager:
+        assert self.alertmanager
+        if self._am is None or self._am.url != self.alertmanager.rstrip("/"):
+            self._am = Alertmanager(self.alertmanager, CALL_LIMITS)
+        return self._am
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        for task in list(self._inflight.values()):
+            task.cancel()
+        for client in (self._prom, self._am):
+            if client is not None:
+                await client.close()
 
-    async def _get(self, url: str, params: dict[str, str]) -> Any:
-        key = url + "?" + "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+    async def _cached(self, key: str, fetch: Callable[[], Awaitable[Any]], wait: float = WAIT) -> Any:
+        now = time.monotonic()
         hit = self._cache.get(key)
-        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
-            return hit[1]
+        if hit is not None and now - hit.at < CACHE_SECONDS:
+            return hit.value
+        failed = self._failed.get(key)
+        if failed is not None and now - failed[0] < ERROR_CACHE_SECONDS:
+            raise failed[1]  # a server that just failed is not asked again by every view
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._inflight[key] = asyncio.get_running_loop().create_task(fetch())
+            task.add_done_callback(lambda t: self._store(key, t))
+        if hit is not None:
+            return hit.value  # past its age: shown now, the fresh answer is on its way
         try:
-            resp = await self.client().get(url, params=params)
-            resp.raise_for_status()
-            data = resp.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            self.last_error = f"{redact_url(url.split('/api/')[0])}: {type(exc).__name__}"
-            raise
-        self.last_error = ""
-        if len(self._cache) > 256:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic(), data)
-        return data
+            return await asyncio.wait_for(asyncio.shield(task), wait)
+        except TimeoutError:
+            if failed is not None:
+                raise RemoteError(failed[1].reason, f"{failed[1].message} (asking again)") from None
+            raise RemoteError("timeout", f"no answer yet after {wait:g}s (still asking in the background)") from None
 
-    async def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
-        assert self.prometheus
-        doc = await self._get(self.prometheus.rstrip("/") + "/api/v1/query_range",
-                              {"query": expr, "start": f"{start:.0f}", "end": f"{end:.0f}", "step": f"{step:.0f}"})
-        return doc["data"]["result"]
+    def _store(self, key: str, task: asyncio.Task[Any]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            error = exc if isinstance(exc, RemoteError) else RemoteError("internal", f"{type(exc).__name__}: {exc}")
+            self._failed[key] = (time.monotonic(), error)
+            log.debug("remote call failed: %s", error.message)
+            return
+        self._failed.pop(key, None)
+        self.last_answer_at = time.time()
+        if len(self._cache) >= 256:
+            self._cache.clear()
+        self._cache[key] = _Entry(time.monotonic(), task.result())
+
+    async def query_range(self, expr: str, start: float, end: float, step: float) -> list[Series]:
+        # the key leaves out start and end: the same question a few seconds later is the same question
+        key = f"range|{expr}|{step:.0f}"
+        return await self._cached(key, lambda: self.prom().query_range(expr, start, end, step))
 
     async def sync_silences(self, windows: list[Any]) -> int:
         """Make Alertmanager's silences match the config's maintenance windows: one silence per
         window not yet over (created by "stackwatch"), expired when the window is removed or
         changed.  Returns the number created."""
-        assert self.alertmanager
-        base = self.alertmanager.rstrip("/")
-        client = self.client()
-        resp = await client.get(base + "/api/v2/silences")
-        resp.raise_for_status()
-        ours = [x for x in resp.json() if x.get("createdBy") == "stackwatch"
-                and (x.get("status") or {}).get("state") in ("active", "pending")]
+        am = self.am()
+        ours = [x for x in await am.silences() if x.createdBy == "stackwatch" and x.status.state in ("active", "pending")]
         now = time.time()
         wanted = {}
         for w in windows:
@@ -119,24 +166,23 @@ class Remotes:
                 "createdBy": "stackwatch", "comment": f"stackwatch maintenance {w.name}: {w.comment}".strip()}
         keep = set()
         for x in ours:
-            want = wanted.get(x.get("comment", ""))
-            same = want is not None and _iso_equal(x.get("endsAt"), want["endsAt"]) and [
-                (m["name"], m["value"], m.get("isRegex")) for m in x.get("matchers", [])] == [
+            want = wanted.get(x.comment)
+            same = want is not None and _iso_equal(x.endsAt, want["endsAt"]) and [
+                (m.name, m.value, m.isRegex) for m in x.matchers] == [
                 (m["name"], m["value"], m["isRegex"]) for m in want["matchers"]]
             if same:
-                keep.add(x["comment"])
+                keep.add(x.comment)
             else:
-                (await client.delete(f"{base}/api/v2/silence/{x['id']}")).raise_for_status()
+                await am.expire_silence(x.id)
         created = 0
         for comment, body in wanted.items():
             if comment not in keep:
-                (await client.post(base + "/api/v2/silences", json=body)).raise_for_status()
+                await am.create_silence(body)
                 created += 1
         return created
 
-    async def alerts(self) -> list[dict[str, Any]]:
-        assert self.alertmanager
-        return await self._get(self.alertmanager.rstrip("/") + "/api/v2/alerts", {"active": "true"})
+    async def alerts(self) -> list[Alert]:
+        return await self._cached("alerts", lambda: self.am().alerts())
 
 
 def _iso(ts: float) -> str:
@@ -157,7 +203,7 @@ def _matcher(names: list[str]) -> str:
     return "|".join(re.escape(n).replace("\\", "\\\\") for n in names)
 
 
-def _buckets_from(values: list[list[Any]], width: float, slots: int, now: float) -> list[Bucket]:
+def _buckets_from(values: list[tuple[float, str]], width: float, slots: int, now: float) -> list[Bucket]:
     by_start = {}
     for ts, value in values:
         v = float(value)
@@ -181,16 +227,18 @@ async def histories(store: Store, remotes: Remotes, names: list[str]) -> dict[st
             q, d = await asyncio.gather(
                 remotes.query_range(f"avg by (target) (avg_over_time({sel}[15m]))", now - 96 * QUARTER, now, QUARTER),
                 remotes.query_range(f"avg by (target) (avg_over_time({sel}[1d]))", now - 90 * DAY, now, DAY))
-            quarters = {r["metric"].get("target"): r["values"] for r in q}
-            days = {r["metric"].get("target"): r["values"] for r in d}
+            quarters = {r.metric.get("target"): r.values for r in q}
+            days = {r.metric.get("target"): r.values for r in d}
             slicer = Slicer()
             for n in names:
                 out[n] = TargetHistory(_buckets_from(quarters.get(n, []), QUARTER, 96, now),
                                        _buckets_from(days.get(n, []), DAY, 90, now), "prometheus")
                 await slicer.pause()
+            remotes.last_error = ""
             return out
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.debug("history from Prometheus failed, using memory: %s", type(exc).__name__)
+        except RemoteError as exc:
+            remotes.last_error = exc.message
+            log.debug("history from Prometheus failed, using memory: %s", exc.message)
     slicer = Slicer()
     for n in names:
         state = store.states.get(n)
@@ -324,21 +372,23 @@ def page(title: str, body: str, refresh: int = 30) -> str:
             f'<a href="/api/v1/targets">JSON</a></p></body></html>')
 
 
-def alerts_html(alerts: list[dict[str, Any]] | None, target: str | None = None) -> str:
+def alerts_html(alerts: list[Alert] | str | None, target: str | None = None) -> str:
+    """The alerts section: None without an Alertmanager, a string when it could not be read."""
     if alerts is None:
         return ""
+    if isinstance(alerts, str):
+        return f"<h2>Alerts</h2><p class='note'>Alerts unavailable: {html.escape(alerts)}</p>"
     rows = []
     for a in alerts:
-        labels = a.get("labels", {})
+        labels = a.labels
         if target is not None and labels.get("target") != target:
             continue
         if labels.get("alertname") == "StackwatchWatchdog":
             continue
-        state = (a.get("status") or {}).get("state", "")
         rows.append(f"<li><b>{html.escape(labels.get('alertname', ''))}</b> "
-                    f"({html.escape(labels.get('severity', ''))}, {html.escape(state)}) "
+                    f"({html.escape(labels.get('severity', ''))}, {html.escape(a.status.state)}) "
                     f"{html.escape(labels.get('target', ''))}: "
-                    f"{html.escape((a.get('annotations') or {}).get('description', ''))}</li>")
+                    f"{html.escape(a.annotations.get('description', ''))}</li>")
     if not rows:
         return "<h2>Alerts</h2><p>No active alerts.</p>"
     return f"<h2>Alerts</h2><ul>{''.join(rows[:50])}</ul>"
