@@ -21,7 +21,7 @@ from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
 from stackwatch.remote import RemoteError
 from stackwatch.statuspage import Remotes
-from stackwatch.webconfig import WebConfig, load_web_config
+from stackwatch.webconfig import BasicAuthChecker, WebConfig, check_reload, load_web_config
 
 log = logging.getLogger("stackwatch")
 
@@ -45,6 +45,9 @@ class Exporter:
         self.web_ssl: ssl.SSLContext | None = None
         """The listening socket's TLS context, updated in place when a reload changes the files."""
         self.listener_stats = Stats()
+        self.auth = BasicAuthChecker()
+        self.allow_no_auth = False
+        """--web.config.allow-no-auth: a reload may turn basic auth off."""
         self.remotes = Remotes()
         """Prometheus and Alertmanager the status page reads history and alerts from (optional)."""
         self._reloading: asyncio.Lock | None = None
@@ -153,6 +156,12 @@ class Exporter:
                 return self.reload_failed(exc.render())
             except Exception as exc:  # never a 500 and a stale metric: a located, logged failure
                 return self.reload_failed(f"{self.config_path}: reload failed: {type(exc).__name__}: {exc}")
+            try:
+                changes = check_reload(self.web, web, self.allow_no_auth)
+            except ConfigError as exc:
+                return self.reload_failed(exc.render())
+            for change in changes:
+                log.warning("web config reloaded: %s", change)
             self.web = web
             return await self.apply(new)
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import re
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--web.config.file", dest="web_config", default=None,
                    help="TLS, client certificate and basic auth settings for the endpoints, in the format "
                         "Prometheus and the Go exporters use (see README)")
+    p.add_argument("--web.config.allow-no-auth", dest="allow_no_auth", action="store_true",
+                   help="let a reload of --web.config.file turn basic auth off (refused by default: an emptied "
+                        "file would open every endpoint)")
     p.add_argument("--web.enable-lifecycle", dest="enable_lifecycle", action="store_true",
                    help="allow POST /-/reload (SIGHUP always reloads)")
     p.add_argument("--web.max-connections", dest="max_connections", type=int, default=512,
@@ -87,6 +91,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
            "--web.read-header-timeout", str(args.header_timeout), "--web.idle-timeout", str(args.idle_timeout)]
     if args.web_config:
         out += ["--web.config.file", args.web_config]
+    if args.allow_no_auth:
+        out.append("--web.config.allow-no-auth")
     if args.enable_lifecycle:
         out.append("--web.enable-lifecycle")
     if args.prometheus_url:
@@ -120,7 +126,8 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
     os.environ.clear()
     os.environ.update(env_clean)  # the workers are single processes with their own shard
     try:
-        asyncio.run(supervise(Supervisor(host, port, workers, _worker_args(args), web)))
+        asyncio.run(supervise(Supervisor(host, port, workers, _worker_args(args), web, args.web_config,
+                                         args.allow_no_auth)))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -232,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.config_check:
         return check_config(args.config_file)
+    # A SIGHUP before the event loop takes it over (start-up: imports, loading the config, a
+    # supervisor checking it) would end the process with the signal's default action; the config
+    # being loaded is the newest anyway.  Workers inherit this until their own loop takes over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     from stackwatch.app import Exporter
     from stackwatch.logsetup import setup_logging
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                     idle_timeout=max(0.5, args.idle_timeout))
     exporter = Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard)
+    exporter.allow_no_auth = args.allow_no_auth
     del config  # the exporter holds what it probes
     exporter.remotes.prometheus = args.prometheus_url
     exporter.remotes.alertmanager = args.alertmanager_url

@@ -329,6 +329,14 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 "stackwatch_http_header_timeouts",
                 "Connections closed because a request head did not arrive in time.", value=web.header_timeouts)
+        auth = getattr(ex, "auth", None)
+        if auth is not None:
+            yield CounterMetricFamily("stackwatch_http_auth_failures",
+                                      "Requests refused for missing or wrong basic auth credentials.",
+                                      value=auth.failures)
+            yield CounterMetricFamily("stackwatch_http_auth_busy",
+                                      "Requests answered 429 because too many logins were being checked.",
+                                      value=auth.busy)
         pauses = getattr(ex, "gc_pauses", None)
         if pauses is not None:
             yield pauses.family()

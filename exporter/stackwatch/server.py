@@ -26,12 +26,11 @@ from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.listener import Guard, Limits
 from stackwatch.scheduler import Busy
-from stackwatch.webconfig import BasicAuthChecker
+from stackwatch.webconfig import authorize
 
 log = logging.getLogger("stackwatch.server")
 EXPORTER: web.AppKey[Exporter] = web.AppKey("exporter", Exporter)
 LIFECYCLE: web.AppKey[bool] = web.AppKey("lifecycle", bool)
-AUTH: web.AppKey[BasicAuthChecker] = web.AppKey("auth", BasicAuthChecker)
 
 
 def _wants_gzip(request: web.Request) -> bool:
@@ -283,9 +282,10 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     ex = request.app[EXPORTER]
     webcfg = ex.web
     if webcfg.auth_required and request.path not in OPEN_PATHS:
-        if not await request.app[AUTH].check(webcfg, request.headers.get("Authorization")):
-            return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="stackwatch"'})
+        refused = await authorize(ex.auth, webcfg, request.headers.get("Authorization"))
+        if refused is not None:
+            status, headers, text = refused
+            return web.Response(status=status, text=text, headers=headers)
     return await handler(request)
 
 
@@ -299,7 +299,6 @@ def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[EXPORTER] = ex
     app[LIFECYCLE] = enable_lifecycle
-    app[AUTH] = BasicAuthChecker()
     app.on_response_prepare.append(_add_headers)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)

@@ -27,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ from stackwatch.yamlload import YAMLProblem, load
 ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
                    "X-XSS-Protection", "Content-Security-Policy")
 """The response headers exporter-toolkit lets a web config set."""
+
+_BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+MIN_COST = 4
+MAX_COST = 16
 
 ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
                      "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
@@ -97,6 +102,18 @@ class WebConfigFile(Model):
             if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
                 raise ValueError(f'the password of user "{user[:60]}" must be a bcrypt hash ($2y$...), '
                                  "not a plain password")
+            m = _BCRYPT.fullmatch(hashed)
+            if m is None:
+                raise ValueError(f'the password hash of user "{user[:60]}" is not a valid bcrypt hash '
+                                 "(cost, salt or digest malformed)")
+            cost = int(m.group(1))
+            if not MIN_COST <= cost <= MAX_COST:
+                raise ValueError(f'the password hash of user "{user[:60]}" has cost {cost}; use {MIN_COST} to '
+                                 f"{MAX_COST} (each step doubles the time of every login)")
+            try:  # the library's own check of the salt: a hash it cannot use fails here, not at login
+                bcrypt.checkpw(b"", hashed.encode())
+            except ValueError as exc:
+                raise ValueError(f'the password hash of user "{user[:60]}" is not usable: {exc}') from None
         return v
 
 
@@ -184,39 +201,126 @@ def load_web_config(path: str | None) -> WebConfig:
     return web
 
 
+class Busy(Exception):
+    """Too many logins waiting for a password check: answer 429 and let the caller retry."""
+
+
 class BasicAuthChecker:
-    """Checks ``Authorization: Basic`` against bcrypt hashes, in a thread, with a cache."""
+    """Checks ``Authorization: Basic`` against bcrypt hashes, in threads, with a cache.
+
+    bcrypt is slow on purpose, so what callers can make us do is bounded: CONCURRENT checks run
+    at a time and at most QUEUE wait; a login past that gets 429 at once (``Busy``), so a flood
+    of bad passwords neither burns the CPU nor makes a correct login wait behind it for long.
+    A user name that is not configured costs a check against a hash of the slowest configured
+    cost, so user names cannot be told apart by timing."""
 
     MAX_CACHED = 1024
+    CONCURRENT = 2
+    QUEUE = 16
 
     def __init__(self) -> None:
         self._salt = os.urandom(16)
         self._ok: dict[bytes, None] = {}
-        self._gate = asyncio.Semaphore(2)  # bcrypt is slow on purpose: bound what callers can make us do
-        self._dummy = bcrypt.hashpw(b"stackwatch", bcrypt.gensalt(rounds=10))
+        self._gate = asyncio.Semaphore(self.CONCURRENT)
+        self._waiting = 0
+        self._dummies: dict[bytes, bytes] = {}
+        self.failures = 0
+        """Logins refused for a wrong user or password (stackwatch_http_auth_failures_total)."""
+        self.busy = 0
+        """Logins answered 429 because too many were waiting."""
+
+    def _dummy(self, web: WebConfig) -> bytes:
+        """A hash with the cost of the slowest configured one (prefix ``$2b$NN$``)."""
+        cost = max((h[4:6] for h in web.users.values()), default=b"10")
+        dummy = self._dummies.get(cost)
+        if dummy is None:
+            dummy = self._dummies[cost] = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(rounds=int(cost)))
+        return dummy
 
     async def check(self, web: WebConfig, header: str | None) -> bool:
+        """True for a configured user with the right password; Busy when too many wait."""
         if not web.users:
             return True
         if not header or not header.startswith("Basic "):
+            self.failures += 1
             return False
         try:
             user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
+            self.failures += 1
             return False
         if not sep:
+            self.failures += 1
             return False
         hashed = web.users.get(user)
         key = hmac.new(self._salt, b"%s\0%s\0%s" % (user.encode(), password.encode(), hashed or b""),
                        hashlib.sha256).digest()
         if key in self._ok:
             return True
-        async with self._gate:
-            # An unknown user costs the same bcrypt run as a known one: no user enumeration by timing.
-            ok = await asyncio.to_thread(bcrypt.checkpw, password.encode()[:72], hashed or self._dummy)
+        if self._waiting >= self.CONCURRENT + self.QUEUE:
+            self.busy += 1
+            raise Busy(f"{self._waiting} logins are being checked; retry in a second")
+        against = hashed or await asyncio.to_thread(self._dummy, web)
+        self._waiting += 1
+        try:
+            async with self._gate:
+                ok = await asyncio.to_thread(bcrypt.checkpw, password.encode()[:72], against)
+        finally:
+            self._waiting -= 1
         if ok and hashed is not None:
             if len(self._ok) >= self.MAX_CACHED:
                 self._ok.pop(next(iter(self._ok)))
             self._ok[key] = None
             return True
+        self.failures += 1
         return False
+
+    def forget(self) -> None:
+        """Drop remembered logins (the users or their passwords changed)."""
+        self._ok.clear()
+
+
+async def authorize(checker: BasicAuthChecker, web: WebConfig, header: str | None) -> tuple[int, dict[str, str], str] | None:
+    """None when the request may go on, else the (status, headers, text) to answer with: 401 for
+    missing or wrong credentials, 429 when too many logins are being checked."""
+    try:
+        if await checker.check(web, header):
+            return None
+    except Busy:
+        return 429, {"Retry-After": "1"}, "Too many logins are being checked; retry in a second.\n"
+    return 401, {"WWW-Authenticate": 'Basic realm="stackwatch"'}, "Unauthorized\n"
+
+
+def check_reload(old: WebConfig, new: WebConfig, allow_no_auth: bool) -> list[str]:
+    """The changes a reload of the web config makes to who may connect (for the log); ConfigError
+    when it would turn basic auth off and ``allow_no_auth`` (--web.config.allow-no-auth) is not set."""
+    if old.users and not new.users and not allow_no_auth:
+        raise ConfigError(new.source or "web config", [Problem(
+            "basic_auth_users", None, None,
+            "the new web config has no users: loading it would turn authentication off and open every endpoint; "
+            "add the users back, or start stackwatch with --web.config.allow-no-auth to allow it")])
+    return auth_changes(old, new)
+
+
+def auth_changes(old: WebConfig, new: WebConfig) -> list[str]:
+    """What a reload changes in who may connect, for the log."""
+    out = []
+    if old.users and not new.users:
+        out.append("basic auth turned OFF: every endpoint is open")
+    elif new.users and not old.users:
+        out.append(f"basic auth turned on ({len(new.users)} users)")
+    else:
+        added = sorted(set(new.users) - set(old.users))
+        removed = sorted(set(old.users) - set(new.users))
+        changed = sorted(u for u in set(old.users) & set(new.users) if old.users[u] != new.users[u])
+        if added:
+            out.append(f"users added: {', '.join(u[:60] for u in added)}")
+        if removed:
+            out.append(f"users removed: {', '.join(u[:60] for u in removed)}")
+        if changed:
+            out.append(f"passwords changed: {', '.join(u[:60] for u in changed)}")
+    old_ca = old.tls.client_auth_type if old.tls else "NoClientCert"
+    new_ca = new.tls.client_auth_type if new.tls else "NoClientCert"
+    if old_ca != new_ca:
+        out.append(f"client_auth_type {old_ca} -> {new_ca}")
+    return out

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from stackwatch.webconfig import BasicAuthChecker, WebConfig
+from stackwatch.config import ConfigError, Problem
+from stackwatch.webconfig import BasicAuthChecker, WebConfig, authorize, check_reload, load_web_config
 
 log = logging.getLogger("stackwatch.workers")
 
@@ -65,13 +67,43 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, host: str, port: int, count: int, worker_args: Sequence[str], web: WebConfig):
+    def __init__(self, host: str, port: int, count: int, worker_args: Sequence[str], web: WebConfig,
+                 web_config_path: str | None = None, allow_no_auth: bool = False):
         self.host, self.port = host, port
         self.workers = [Worker(i, f"{host}:{port + 1 + i}") for i in range(count)]
         self.worker_args = list(worker_args)
         self.web = web
+        self.web_config_path = web_config_path
+        self.allow_no_auth = allow_no_auth
+        self._ssl: ssl.SSLContext | None = None
+        self._reloading = asyncio.Lock()
         self._stopping = False
         self._auth = BasicAuthChecker()
+
+    async def reload(self) -> None:
+        """SIGHUP: the supervisor reads the web config again (the workers are told too and read
+        theirs); a bad file, or one that would turn auth off without --web.config.allow-no-auth,
+        keeps the running settings."""
+        async with self._reloading:
+            if self.web_config_path:
+                try:
+                    new = await asyncio.to_thread(load_web_config, self.web_config_path)
+                    changes = check_reload(self.web, new, self.allow_no_auth)
+                    if self._ssl is not None and new.tls is not None:
+                        new.ssl_context(into=self._ssl)
+                    elif (self._ssl is None) != (new.tls is None):
+                        raise ConfigError(new.source, [Problem(
+                            "tls_server_config", None, None,
+                            "turning TLS on or off needs a restart (the listening socket cannot change)")])
+                except ConfigError as exc:
+                    log.error("web config reload failed, keeping the running settings", extra={"error": exc.render()})
+                except ValueError as exc:
+                    log.error("web config reload failed, keeping the running settings", extra={"error": str(exc)})
+                else:
+                    for change in changes:
+                        log.warning("web config reloaded: %s", change)
+                    self.web = new
+            self.signal_all(signal.SIGHUP)
 
     def command(self, w: Worker) -> list[str]:
         return [sys.executable, "-m", "stackwatch", *self.worker_args, "--web.listen-address", w.address,
@@ -116,9 +148,10 @@ class Supervisor:
         @web.middleware
         async def guard(request: web.Request, handler: object) -> web.StreamResponse:
             if self.web.auth_required and request.path != "/-/healthy":
-                if not await self._auth.check(self.web, request.headers.get("Authorization")):
-                    return web.Response(status=401, text="Unauthorized\n",
-                                        headers={"WWW-Authenticate": 'Basic realm="stackwatch"'})
+                refused = await authorize(self._auth, self.web, request.headers.get("Authorization"))
+                if refused is not None:
+                    status, headers, text = refused
+                    return web.Response(status=status, text=text, headers=headers)
             response = await handler(request)  # type: ignore[operator]
             for name, value in self.web.headers.items():
                 response.headers[name] = value
@@ -179,12 +212,20 @@ async def supervise(sup: Supervisor) -> None:
     loop = asyncio.get_running_loop()
     runner = web.AppRunner(sup.build_app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, sup.host, sup.port, ssl_context=sup.web.ssl_context())
+    sup._ssl = sup.web.ssl_context()
+    site = web.TCPSite(runner, sup.host, sup.port, ssl_context=sup._ssl)
     await site.start()
     for w in sup.workers:
         w.task = asyncio.create_task(sup._keep_running(w))
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, sup.signal_all, signal.SIGHUP)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def sighup() -> None:
+        task = loop.create_task(sup.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, sighup)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     log.info("supervisor listening", extra={"address": f"{sup.host}:{sup.port}", "workers": len(sup.workers)})
