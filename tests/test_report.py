@@ -104,3 +104,35 @@ def test_long_reports_are_split_within_the_telegram_limit():
     chunks = telegram_chunks(text)
     assert len(chunks) > 5 and all(len(c) <= 4096 for c in chunks)
     assert "".join(chunks).count("- line ") == 400
+
+
+def test_text_the_report_did_not_write_cannot_change_its_layout():
+    """Target names, reasons, labels and alert annotations come from configs and alert rules: a
+    newline, a pipe, a link or a script in them stays text in the markdown and the HTML."""
+    import time as _time
+
+    from stackwatch.report import Incident, Report, markdown, to_html
+
+    evil_name = "api|x\n# Pwned"
+    evil_reason = "[click](javascript:alert(1)) <script>alert(2)</script> **loud** | cell"
+    now = _time.time()
+    r = Report(since=3600, generated_at=now)
+    r.states = {evil_name: "down", "ok_svc": "up"}
+    r.kinds = {evil_name: "http", "ok_svc": "http"}
+    r.reasons = {evil_name: evil_reason}
+    r.availability = {evil_name: 0.5, "ok_svc": 1.0}
+    r.incidents = [Incident(evil_name, now - 600, None, evil_reason)]
+    r.urgent = [f"TargetDown on {evil_name}: {evil_reason}"]
+    md = markdown(r)
+    lines = md.splitlines()
+    # one heading of ours, no injected one; table rows keep their three cells
+    assert [line for line in lines if line.startswith("#")] == [line for line in lines if line.startswith(("# Health", "## "))]
+    assert not any("Pwned" in line and line.lstrip().startswith("#") for line in lines)
+    avail = [line for line in lines if line.startswith("| api") and "50.00%" in line]
+    assert len(avail) == 1 and len(__import__("re").split(r"(?<!\\)\|", avail[0].strip()[1:-1])) == 3, avail
+    assert "<script>" not in md and "](javascript:" not in md.replace("\\](javascript:", "")
+    assert "ok_svc" in md  # plain names stay as they are
+    page = to_html(r)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<h1>") == 1 and "javascript:alert(1)" in page and 'href="javascript' not in page
+    assert "api|x # Pwned" in page  # the name, shown as text

@@ -19,6 +19,7 @@ import html
 import json
 import logging
 import math
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -280,6 +281,24 @@ def _matrix(r: Report) -> tuple[list[str], list[str], dict[tuple[str, str], str]
     return rows, cols, cells
 
 
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~#])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _md(value: object) -> str:
+    """Text stackwatch did not write (target names, reasons, labels, annotations) as inert
+    markdown: on one line, every markup character escaped, HTML as entities."""
+    text = _CONTROL.sub(" ", str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+
+
+def _md_plain(text: str) -> str:
+    """Markdown text back to what it says (the HTML report escapes it again for HTML)."""
+    text = re.sub(r"\\(.)", r"\1", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def markdown(r: Report) -> str:
     now = r.generated_at
     by_state = {s: sorted(t for t, st in r.states.items() if st == s) for s in ("down", "degraded", "up")}
@@ -287,48 +306,48 @@ def markdown(r: Report) -> str:
              f"**Overall: {r.overall.upper()}**: {len(by_state['up'])} up, {len(by_state['degraded'])} degraded, "
              f"{len(by_state['down'])} down of {len(r.states)} services.", ""]
     if r.urgent:
-        lines += ["## Urgent actions", ""] + [f"- {u}" for u in r.urgent] + [""]
+        lines += ["## Urgent actions", ""] + [f"- {_md(u)}" for u in r.urgent] + [""]
     lines += ["## Services", ""]
     for t in by_state["down"]:
-        lines.append(f"- DOWN **{t}** ({r.kinds.get(t)}): {r.reasons.get(t, 'failing')}")
+        lines.append(f"- DOWN **{_md(t)}** ({_md(r.kinds.get(t))}): {_md(r.reasons.get(t, 'failing'))}")
     for t in by_state["degraded"]:
-        lines.append(f"- DEGRADED **{t}** ({r.kinds.get(t)}): {'; '.join(r.checks.get(t, []))}")
+        lines.append(f"- DEGRADED **{_md(t)}** ({_md(r.kinds.get(t))}): {_md('; '.join(r.checks.get(t, [])))}")
     for t in by_state["up"]:
-        lines.append(f"- up **{t}** ({r.kinds.get(t)})")
+        lines.append(f"- up **{_md(t)}** ({_md(r.kinds.get(t))})")
     lines += ["", f"## Incidents ({len(r.incidents)})", ""]
     if not r.incidents:
         lines.append("None.")
     for i in r.incidents:
         end = _when(i.end) if i.end else "ongoing"
-        lines.append(f"- **{i.target}** down from {_when(i.start)} to {end} ({format_duration(i.duration(now))})"
-                     + (f": {i.reason}" if i.reason else ""))
+        lines.append(f"- **{_md(i.target)}** down from {_when(i.start)} to {end} ({format_duration(i.duration(now))})"
+                     + (f": {_md(i.reason)}" if i.reason else ""))
     lines += ["", f"## Alerts fired ({len(r.alerts)})", ""]
     if not r.alerts:
         lines.append("None.")
     for a in r.alerts:
-        lines.append(f"- {a['alertname']} ({a['severity']}) on {a['target']}: first {_when(a['first'])}, "
+        lines.append(f"- {_md(a['alertname'])} ({_md(a['severity'])}) on {_md(a['target'])}: first {_when(a['first'])}, "
                      f"last {_when(a['last'])}")
     lines += ["", f"## Availability (SLO {SLO * 100:.1f} % over 30 days)", "",
               "| service | availability | 30-day error budget spent in this window |", "|---|---|---|"]
     for t in sorted(r.availability):
         mark = " (maintenance excluded)" if t in r.excluded else ""
-        lines.append(f"| {t}{mark} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
+        lines.append(f"| {_md(t)}{mark} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
     if r.maintenance:
-        lines += ["", "Maintenance windows (not counted as downtime):"] + [f"- {m}" for m in r.maintenance]
+        lines += ["", "Maintenance windows (not counted as downtime):"] + [f"- {_md(m)}" for m in r.maintenance]
     lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
               "| service | p50 | p95 | goals |", "|---|---|---|---|"]
     for t in sorted(set(r.p50) | set(r.p95)):
         met = (r.p50.get(t, 0) < GOAL_P50) and (r.p95.get(t, 0) < GOAL_P95)
-        lines.append(f"| {t} | {_ms(r.p50.get(t))} | {_ms(r.p95.get(t))} | {'met' if met else 'MISSED'} |")
+        lines.append(f"| {_md(t)} | {_ms(r.p50.get(t))} | {_ms(r.p95.get(t))} | {'met' if met else 'MISSED'} |")
     rows, cols, cells = _matrix(r)
-    lines += ["", "## Integration matrix", "", "| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += ["", "## Integration matrix", "", "| | " + " | ".join(_md(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for row in rows:
-        lines.append(f"| {row} | " + " | ".join(cells.get((row, c), "") for c in cols) + " |")
+        lines.append(f"| {_md(row)} | " + " | ".join(cells.get((row, c), "") for c in cols) + " |")
     if r.figures:
         lines += ["", "## Business figures", "", "| figure | now | change |", "|---|---|---|"]
         for name, cur, old in r.figures:
             change = "n/a" if cur is None or old is None else f"{cur - old:+g}"
-            lines.append(f"| {name} | {'n/a' if cur is None else f'{cur:g}'} | {change} |")
+            lines.append(f"| {_md(name)} | {'n/a' if cur is None else f'{cur:g}'} | {change} |")
     return "\n".join(lines) + "\n"
 
 
@@ -341,7 +360,7 @@ def to_html(r: Report) -> str:
         if line.startswith("|"):
             if set(line) <= set("|-"):
                 continue
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            cells = [html.escape(_md_plain(c.strip())) for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if not in_table:
                 out.append('<table style="border-collapse:collapse">')
                 in_table = True
@@ -351,7 +370,7 @@ def to_html(r: Report) -> str:
         if in_table:
             out.append("</table>")
             in_table = False
-        text = html.escape(line).replace("**", "")
+        text = html.escape(_md_plain(re.sub(r"(?<!\\)\*\*", "", line)))
         if line.startswith("# "):
             out.append(f"<h1>{text[2:]}</h1>")
         elif line.startswith("## "):
@@ -448,7 +467,8 @@ def main(argv: list[str]) -> int:
             return 2
         token = Path(args.telegram_token_file).read_text().strip()
         try:
-            n = send_telegram(markdown(report), token, args.telegram_chat_id, args.telegram_api_url)
+            # Telegram gets plain text (no parse mode): the markdown with its escapes undone
+            n = send_telegram(_md_plain(markdown(report)), token, args.telegram_chat_id, args.telegram_api_url)
         except (OSError, PromError) as exc:
             print(f"stackwatch report: sending to Telegram failed: {type(exc).__name__}", file=sys.stderr)
             return 1
