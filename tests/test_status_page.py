@@ -41,6 +41,7 @@ def config(tmp: Path, servers, algod: FakeAlgorand) -> Path:
 targets:
   - {{name: web, kind: http, url: "{servers.url('/health')}", labels: {{team: shop}}}}
   - {{name: api-refused, kind: http, url: "http://127.0.0.1:{servers.closed_port}/"}}
+  - {{name: health-check, kind: http, url: "{servers.url('/degraded')}", assertions: ["$.status == healthy"]}}
   - name: chain
     kind: algorand
     algod_url: {algod.algod_url}
@@ -62,7 +63,8 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
         def settled() -> dict | None:
             _, doc = api(sw, "/api/v1/targets")
             states = {t["name"]: t["state"] for t in doc["targets"]}
-            return doc if states == {"web": "up", "api-refused": "down", "chain": "degraded"} else None
+            return doc if states == {"web": "up", "api-refused": "down", "chain": "degraded",
+                                     "health-check": "down"} else None
 
         doc = wait_until(settled, 20, "every target's state")
         check(doc, "TargetList")
@@ -73,6 +75,19 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
         assert 'algorand_asset_exists{asset="token"}' in by["chain"]["failing_checks"]
         assert 'algorand_account_above_floor{account="admin"}' in by["chain"]["failing_checks"]
         assert {t["history_source"] for t in doc["targets"]} == {"memory"}
+        # One definition: a failed assertion fails the probe (probe_success 0, TargetDown): down,
+        # with the assertion as the reason; degraded is a probe that works with checks that fail.
+        assert by["health-check"]["reason"] == "assertion: $.status (degraded) == healthy"
+        assert doc["total"] == 4 and doc["next_offset"] is None and doc["history_error"] is None
+        # Pages of the API: limit and offset, in config order.
+        _, first = api(sw, "/api/v1/targets?limit=3")
+        _, rest = api(sw, f"/api/v1/targets?limit=3&offset={first['next_offset']}")
+        assert [t["name"] for t in first["targets"] + rest["targets"]] == ["web", "api-refused", "health-check", "chain"]
+        assert first["next_offset"] == 3 and rest["next_offset"] is None
+        for bad in ("limit=0", "limit=5001", "offset=-1", "limit=x"):
+            status, err = api(sw, f"/api/v1/targets?{bad}")
+            assert status == 400 and ("limit" in err["error"] or "offset" in err["error"])
+            check(err, "Error")
 
         def probed_twice() -> dict | None:
             h = api(sw, "/api/v1/targets/web/history?range=24h")[1]
@@ -95,6 +110,8 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
 
         page = http_get(sw.base + "/")[2].decode()
         assert "History since stackwatch started (in memory)" in page
+        rows = __import__("re").findall(r"<tr class='\w+'>.*?</tr>", page)
+        assert len(rows) == 4 and max(len(r.encode()) for r in rows) <= 2048, [len(r) for r in rows]
         assert '<meta http-equiv="refresh"' in page and "<script" not in page
         detail = wait_until(lambda: (lambda d: "<polyline" in d and d)(http_get(sw.base + "/targets/chain")[2].decode()),
                             10, "a latency chart")
@@ -147,8 +164,9 @@ def test_status_page_in_headless_chromium(servers, algod, tmp_path):
                  f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,700"]
         dom = subprocess.run([chromium, *flags, "--dump-dom", sw.base + "/"], capture_output=True, text=True,
                              timeout=90).stdout
-        rows = {cls: name for cls, name in __import__("re").findall(r"<tr class=\"(\w+)\"><td><a [^>]*>([\w-]+)</a>", dom)}
-        assert rows == {"down": "api-refused", "degraded": "chain", "up": "web"}, dom[:2000]
+        rows = sorted(__import__("re").findall(r"<tr class=\"(\w+)\"><td><a [^>]*>([\w-]+)</a>", dom))
+        assert rows == [("degraded", "chain"), ("down", "api-refused"), ("down", "health-check"), ("up", "web")], \
+            dom[:2000]
         shot = tmp_path / "status-page.png"
         subprocess.run([chromium, *flags, f"--screenshot={shot}", sw.base + "/"], capture_output=True, timeout=90)
         assert shot.exists() and shot.stat().st_size > 10_000

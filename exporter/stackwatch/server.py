@@ -162,8 +162,10 @@ async def status_page(request: web.Request) -> web.Response:
         rows.append(
             f"<tr class='{status}'><td><a href='targets/{html.escape(t.name)}'>{html.escape(t.name)}</a></td>"
             f"<td>{t.kind}</td><td class='state'>{status}</td><td class='reason'>{html.escape(reason)}</td>"
-            f"<td>{sp.bar_svg(h.quarter, title='last 24 hours')}<span class='note'>24h {sp._pct(h.uptime_24h)}</span></td>"
-            f"<td>{sp.bar_svg(h.day, width=270, title='last 90 days')}<span class='note'>90d {sp._pct(h.uptime_90d)}</span></td>"
+            f"<td>{sp.bar_svg_compact(h.quarter, title=f'last 24 hours: {sp._pct(h.uptime_24h)}')}"
+            f"<span class='note'>24h {sp._pct(h.uptime_24h)}</span></td>"
+            f"<td>{sp.bar_svg_compact(h.day, width=270, title=f'last 90 days: {sp._pct(h.uptime_90d)}')}"
+            f"<span class='note'>90d {sp._pct(h.uptime_90d)}</span></td>"
             f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
         await slicer.pause()
     source = next(iter(hist.values())).source if hist else "memory"
