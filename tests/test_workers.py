@@ -41,15 +41,17 @@ def free_block(n: int) -> int:
 
 
 class Supervised(Process):
-    def __init__(self, cfg: Path, tmp: Path, workers: int = 2):
+    def __init__(self, cfg: Path, tmp: Path, workers: int = 2, extra: list[str] | None = None,
+                 preexec_fn=None, ready=None):
         self.port = free_block(workers + 1)
         self.base = f"http://127.0.0.1:{self.port}"
         self.workers = [f"http://127.0.0.1:{self.port + 1 + i}" for i in range(workers)]
         super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--workers", str(workers),
-                          "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "info"],
-                         tmp / f"supervisor-{self.port}.log", dict(os.environ))
+                          "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "info", *(extra or [])],
+                         tmp / f"supervisor-{self.port}.log", dict(os.environ), preexec_fn=preexec_fn)
         try:
-            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, "every worker ready")
+            check = ready or (lambda sup: http_get(sup.base + "/-/ready")[0] == 200)
+            wait_until(lambda: check(self), 30, "every worker ready")
         except AssertionError:
             self.stop()
             raise AssertionError(f"the supervisor did not get ready:\n{self.log()}") from None
@@ -177,3 +179,77 @@ def test_a_bad_config_is_reported_once_and_starts_no_worker(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--workers", "2",
                            "--shard.count", "2"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--workers and --shard.* exclude each other" in proc.stderr
+
+
+def test_connection_flood_under_a_low_fd_limit_then_a_killed_worker_is_restarted(servers, tmp_path):
+    """The supervisor serves through the exporter's listener: idle connections are closed after
+    the head timeout, those past the cap at accept; a worker killed during the flood is started
+    again (its pipe and fork need file descriptors the flood does not get)."""
+    import resource
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    cfg = tmp_path / "stackwatch.yml"
+    write_config(cfg, servers, 4)
+    sup = Supervised(cfg, tmp_path, extra=["--web.read-header-timeout", "1"], preexec_fn=low_fd_limit)
+    held: list[socket.socket] = []
+    try:
+        pid = sup.worker_pid(0)
+        for _ in range(400):  # idle connections: never a byte sent
+            k = socket.socket()
+            k.setblocking(False)
+            k.connect_ex(("127.0.0.1", sup.port))
+            held.append(k)
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(3)  # the flood is held past the head timeout while the worker is down
+        for k in held:
+            k.close()
+        held.clear()
+        wait_until(lambda: http_get(sup.base + "/-/ready")[0] == 200, 30, "the killed worker back and ready")
+        assert sup.worker_pid(0) != pid
+        text = http_get(sup.base + "/metrics")[2].decode()
+        assert 'stackwatch_worker_restarts_total{shard="0"} 1' in text
+        refused = float(re.search(r"^stackwatch_http_connections_refused_total (\S+)$", text, re.M).group(1))
+        timeouts = float(re.search(r"^stackwatch_http_header_timeouts_total (\S+)$", text, re.M).group(1))
+        assert refused + timeouts >= 300, text  # the cap is a quarter of 256 fds: most were turned away
+        assert "Traceback" not in sup.log()
+        assert sup.log().count("out of system resource") <= 5
+    finally:
+        for k in held:
+            k.close()
+        sup.stop()
+
+
+def test_readiness_under_required_client_certificates(servers, tmp_path):
+    """The supervisor learns that its workers are ready from a pipe, not over HTTP: with client
+    certificates required it still answers /-/ready (to a client that has one)."""
+    import ssl
+    import urllib.request
+
+    tls = servers.tls
+    web = tmp_path / "web.yml"
+    web.write_text(f"""tls_server_config:
+  cert_file: {tls['cert']}
+  key_file: {tls['key']}
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: {tls['ca']}
+""")
+    ctx = ssl.create_default_context(cafile=str(tls["ca"]))
+    ctx.load_cert_chain(str(tls["client_cert"]), str(tls["client_key"]))
+
+    def ready(sup: Supervised) -> bool:
+        with urllib.request.urlopen(f"https://127.0.0.1:{sup.port}/-/ready", timeout=5, context=ctx) as resp:
+            return resp.status == 200
+
+    cfg = tmp_path / "stackwatch.yml"
+    write_config(cfg, servers, 4)
+    sup = Supervised(cfg, tmp_path, extra=["--web.config.file", str(web)], ready=ready)
+    try:
+        for _ in range(5):
+            assert ready(sup)
+        with urllib.request.urlopen(f"https://127.0.0.1:{sup.port}/sd", timeout=5, context=ctx) as resp:
+            assert len(json.loads(resp.read())) == 2
+        assert "Traceback" not in sup.log()
+    finally:
+        sup.stop()

@@ -107,6 +107,7 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
     the targets' models), then run the workers."""
     import subprocess
 
+    from stackwatch.listener import Limits
     from stackwatch.server import parse_listen
     from stackwatch.webconfig import load_web_config
     from stackwatch.workers import Supervisor, supervise
@@ -126,8 +127,10 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
     os.environ.clear()
     os.environ.update(env_clean)  # the workers are single processes with their own shard
     try:
+        limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
+                        idle_timeout=max(0.5, args.idle_timeout))
         asyncio.run(supervise(Supervisor(host, port, workers, _worker_args(args), web, args.web_config,
-                                         args.allow_no_auth)))
+                                         args.allow_no_auth), limits))
     except OSError as exc:
         print(f"stackwatch: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -329,6 +329,10 @@ class _LiveCollector:
             yield CounterMetricFamily(
                 "stackwatch_http_header_timeouts",
                 "Connections closed because a request head did not arrive in time.", value=web.header_timeouts)
+            yield CounterMetricFamily(
+                "stackwatch_http_accept_errors",
+                "Connections that could not be accepted for want of file descriptors or memory.",
+                value=web.accept_errors)
         auth = getattr(ex, "auth", None)
         if auth is not None:
             yield CounterMetricFamily("stackwatch_http_auth_failures",

@@ -16,10 +16,16 @@ Counts of refused connections and timeouts are exported (``stackwatch_http_*``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import resource
+import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger("stackwatch.http")
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
@@ -51,6 +57,8 @@ class Stats:
     accepted: int = 0
     refused: int = 0
     header_timeouts: int = 0
+    accept_errors: int = 0
+    """accept() failures for want of file descriptors or memory (asyncio retries a second later)."""
 
 
 class Guard(asyncio.Protocol):
@@ -156,3 +164,45 @@ class Guard(asyncio.Protocol):
                 self.in_head = True
                 if view:
                     self._arm()
+
+
+async def listen(handler_factory: Callable[[], Any], host: str, port: int, ssl_context: ssl.SSLContext | None,
+                 limits: Limits, stats: Stats) -> asyncio.Server:
+    """The listening socket, every connection behind a :class:`Guard`: the one way both the
+    exporter and the ``--workers`` supervisor serve HTTP."""
+    loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop, stats)
+    cap = limits.effective_max_connections()
+    return await loop.create_server(
+        lambda: Guard(handler_factory(), limits, stats, cap), host, port, ssl=ssl_context,
+        ssl_handshake_timeout=limits.header_timeout if ssl_context else None, backlog=128, reuse_address=True)
+
+
+ACCEPT_LOG_EVERY = 10.0
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+    """When the process runs out of file descriptors, asyncio's accept loop reports every failed
+    accept() with a traceback (tens of thousands a minute under a connection flood).  They are
+    counted instead (stackwatch_http_accept_errors_total) and logged as one line at most every
+    ACCEPT_LOG_EVERY seconds; other loop errors keep the default handling."""
+    previous = loop.get_exception_handler()
+    last = [0.0]
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if "out of system resource" in str(context.get("message", "")):
+            stats.accept_errors += 1
+            now = time.monotonic()
+            if now - last[0] >= ACCEPT_LOG_EVERY:
+                last[0] = now
+                exc = context.get("exception")
+                log.warning("cannot accept connections: out of file descriptors or memory; retrying each second",
+                            extra={"error": f"{type(exc).__name__}: {exc}" if exc else "",
+                                   "failed_accepts": stats.accept_errors})
+            return
+        if previous is not None:
+            previous(lp, context)
+        else:
+            lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

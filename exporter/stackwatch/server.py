@@ -9,9 +9,11 @@ request sizes (:mod:`stackwatch.listener`); a malformed request gets a 400 and o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import json
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -24,7 +26,7 @@ from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
-from stackwatch.listener import Guard, Limits
+from stackwatch.listener import Limits, listen as open_listener
 from stackwatch.scheduler import Busy
 from stackwatch.webconfig import authorize
 
@@ -370,14 +372,17 @@ async def serve(ex: Exporter, listen: str, enable_lifecycle: bool = False, limit
     host, port = parse_listen(listen)
     loop = asyncio.get_running_loop()
     ex.web_ssl = ex.web.ssl_context()
-    cap = limits.effective_max_connections()
     server_factory = runner.server
     assert server_factory is not None
-    server = await loop.create_server(
-        lambda: Guard(server_factory(), limits, ex.listener_stats, cap), host, port, ssl=ex.web_ssl,
-        ssl_handshake_timeout=limits.header_timeout if ex.web_ssl else None, backlog=128, reuse_address=True)
+    server = await open_listener(server_factory, host, port, ex.web_ssl, limits, ex.listener_stats)
     log.info("listening", extra={"address": f"{host}:{port}", "tls": ex.web_ssl is not None,
-                                 "basic_auth": ex.web.auth_required, "max_connections": cap})
+                                 "basic_auth": ex.web.auth_required,
+                                 "max_connections": limits.effective_max_connections()})
+    ready_fd = os.environ.pop("STACKWATCH_READY_FD", "")
+    if ready_fd.isdigit():  # a --workers supervisor waits for this byte (its readiness needs no HTTP)
+        with contextlib.suppress(OSError):
+            os.write(int(ready_fd), b"1")
+            os.close(int(ready_fd))
     stop = asyncio.Event()
     background: set[asyncio.Task[Any]] = set()
 

@@ -15,11 +15,17 @@ The supervisor listens on the given address and serves:
 * ``/sd``: the workers for Prometheus's ``http_sd_configs`` (``[{"targets": [...], "labels":
   {"shard": "0"}}, ...]``), so the scrape config does not change with N;
 * ``/metrics``: ``stackwatch_worker_up{shard}`` and ``stackwatch_worker_restarts_total{shard}``;
-* ``/-/healthy`` and ``/-/ready`` (ready when every worker has started and answers).
+* ``/-/healthy`` and ``/-/ready`` (ready when every worker runs and has said it listens, by a
+  byte on a pipe: no HTTP, so readiness works under every ``client_auth_type`` and password).
+
+It serves through the exporter's own listener (:func:`stackwatch.listener.listen`: connection
+cap, head and idle timeouts, accept failures counted, not logged per connection) and the same
+basic auth checker, and reads its web config again on SIGHUP with the same rules.
 
 Worker i listens on the next port after the supervisor's plus i (9938 -> 9939, 9940, ...);
 keep them below the ephemeral port range, since a restarted worker binds its port again.
-A worker that exits is started again after a back-off (1 s doubling to 30 s).  SIGHUP is
+A worker that exits, or cannot be started (no file descriptors left, say), is started again
+after a back-off (1 s doubling to 30 s), whatever else is happening.  SIGHUP is
 passed on to every worker (each reloads; a bad config keeps its running one); SIGTERM stops
 them all.  Workers get SIGTERM if the supervisor dies (Linux parent-death signal).
 """
@@ -39,9 +45,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import web
 
 from stackwatch.config import ConfigError, Problem
+from stackwatch.listener import Limits, Stats, listen
 from stackwatch.webconfig import BasicAuthChecker, WebConfig, authorize, check_reload, load_web_config
 
 log = logging.getLogger("stackwatch.workers")
@@ -61,6 +68,8 @@ class Worker:
     address: str
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    ready: bool = False
+    """The worker wrote its readiness byte since it was (re)started."""
     started_at: float = 0.0
     backoff: float = 1.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -79,6 +88,7 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self._stopping = False
         self._auth = BasicAuthChecker()
+        self.stats = Stats()
 
     async def reload(self) -> None:
         """SIGHUP: the supervisor reads the web config again (the workers are told too and read
@@ -110,10 +120,18 @@ class Supervisor:
                 "--shard.index", str(w.index), "--shard.count", str(len(self.workers))]
 
     async def _keep_running(self, w: Worker) -> None:
+        """Start the worker, wait for it to exit, start it again after the back-off; whatever
+        goes wrong on the way (no file descriptors left for its pipe, a failed fork) is logged
+        and retried after the back-off too: this loop ends only when the supervisor stops."""
         while not self._stopping:
-            w.started_at = time.monotonic()
-            w.proc = await asyncio.create_subprocess_exec(*self.command(w), preexec_fn=_parent_death_signal)
-            code = await w.proc.wait()
+            code: int | str
+            try:
+                code = await self._run_once(w)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- e.g. EMFILE under a connection flood
+                code = f"not started: {type(exc).__name__}: {exc}"
+            w.ready = False
             if self._stopping:
                 return
             if time.monotonic() - w.started_at > 60:
@@ -123,6 +141,43 @@ class Supervisor:
                                                                    "restart_in_seconds": w.backoff})
             await asyncio.sleep(w.backoff)
             w.backoff = min(BACKOFF_MAX, w.backoff * 2)
+
+    async def _run_once(self, w: Worker) -> int:
+        """One run of the worker; it reports readiness by writing a byte to a pipe (no HTTP, so
+        no client certificate or password is involved)."""
+        loop = asyncio.get_running_loop()
+        w.started_at = time.monotonic()
+        w.ready = False
+        read_end, write_end = os.pipe()
+        reader = None
+        try:
+            env = {**os.environ, "STACKWATCH_READY_FD": str(write_end)}
+            w.proc = await asyncio.create_subprocess_exec(*self.command(w), preexec_fn=_parent_death_signal,
+                                                          pass_fds=(write_end,), env=env)
+            os.close(write_end)
+            write_end = -1
+            stream = asyncio.StreamReader()
+            transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
+                                                        os.fdopen(read_end, "rb", buffering=0))
+            read_end = -1
+            reader = transport
+
+            async def watch() -> None:
+                if await stream.read(1) == b"1":
+                    w.ready = True
+
+            watcher = loop.create_task(watch())
+            try:
+                return await w.proc.wait()
+            finally:
+                watcher.cancel()
+        finally:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if reader is not None:
+                reader.close()
 
     def signal_all(self, sig: int) -> None:
         for w in self.workers:
@@ -179,6 +234,16 @@ class Supervisor:
         lines += ["# HELP stackwatch_worker_restarts_total Times the worker of the shard was started again.",
                   "# TYPE stackwatch_worker_restarts_total counter"]
         lines += [f'stackwatch_worker_restarts_total{{shard="{w.index}"}} {w.restarts}' for w in self.workers]
+        for name, help_, value in (
+                ("stackwatch_http_connections_open", "Connections open to the supervisor.", self.stats.open),
+                ("stackwatch_http_connections_refused_total", "Connections closed at accept: the limit was reached.",
+                 self.stats.refused),
+                ("stackwatch_http_header_timeouts_total", "Connections closed: a request head did not arrive in time.",
+                 self.stats.header_timeouts),
+                ("stackwatch_http_accept_errors_total", "Connections not accepted for want of file descriptors.",
+                 self.stats.accept_errors)):
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return web.Response(body=("\n".join(lines) + "\n").encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -186,17 +251,7 @@ class Supervisor:
         return web.Response(text="OK\n")
 
     async def ready(self, request: web.Request) -> web.Response:
-        not_ready = []
-        scheme = "https" if self.web.ssl_context() is not None else "http"
-        async with ClientSession(timeout=ClientTimeout(total=2)) as session:
-            for w in self.workers:
-                try:
-                    # /-/healthy: open even behind basic auth, and served only once the worker has started
-                    async with session.get(f"{scheme}://{w.address}/-/healthy", ssl=False) as r:
-                        if r.status != 200:
-                            not_ready.append(w.index)
-                except (OSError, asyncio.TimeoutError):
-                    not_ready.append(w.index)
+        not_ready = [w.index for w in self.workers if not (self._alive(w) and w.ready)]
         if not_ready:
             return web.Response(status=503, text=f"not ready: shard(s) {', '.join(map(str, not_ready))}\n")
         return web.Response(text="Ready\n")
@@ -208,13 +263,17 @@ class Supervisor:
                                  "Prometheus: http_sd_configs with url /sd\n")
 
 
-async def supervise(sup: Supervisor) -> None:
+async def supervise(sup: Supervisor, limits: Limits | None = None) -> None:
+    """Serve /sd, /metrics and readiness through the exporter's own listener (listener.listen:
+    connection cap, head and idle timeouts) and keep the workers running."""
     loop = asyncio.get_running_loop()
-    runner = web.AppRunner(sup.build_app(), access_log=None, handle_signals=False)
+    limits = limits or Limits()
+    runner = web.AppRunner(sup.build_app(), access_log=None, handle_signals=False,
+                           keepalive_timeout=limits.idle_timeout, max_line_size=8190, max_field_size=8190)
     await runner.setup()
     sup._ssl = sup.web.ssl_context()
-    site = web.TCPSite(runner, sup.host, sup.port, ssl_context=sup._ssl)
-    await site.start()
+    assert runner.server is not None
+    server = await listen(runner.server, sup.host, sup.port, sup._ssl, limits, sup.stats)
     for w in sup.workers:
         w.task = asyncio.create_task(sup._keep_running(w))
     stop = asyncio.Event()
@@ -232,6 +291,7 @@ async def supervise(sup: Supervisor) -> None:
     try:
         await stop.wait()
     finally:
+        server.close()
         await sup.stop()
         await runner.cleanup()
 
