@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -130,6 +131,77 @@ async def _alerts(ex: Exporter) -> list[sp.Alert] | str | None:
         return exc.message
 
 
+class Renders:
+    """The views that walk many targets (status page, target pages, JSON API), rendered at most
+    CONCURRENT at a time, shared by callers asking the same thing within TTL seconds (one render
+    for ten viewers), and turned away with 503 once CONCURRENT + QUEUE are waiting.  So however
+    many callers there are, at most two renders compete with probing, scrapes and /-/healthy for
+    the event loop, in 2 ms slices."""
+
+    TTL = 2.0
+    CONCURRENT = 2
+    QUEUE = 32
+    MAX_KEYS = 256
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[float, tuple[int, bytes, str, str | None]]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[int, bytes, str, str | None]]] = {}
+        self._gate = asyncio.Semaphore(self.CONCURRENT)
+        self._pending = 0
+        self.refused = 0
+
+    async def serve(self, request: web.Request, make: Callable[[], Awaitable[web.Response]]) -> web.Response:
+        key = request.path_qs[:2048]
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.TTL:
+            return self._response(hit[1])
+        task = self._inflight.get(key)
+        if task is None:
+            if self._pending >= self.CONCURRENT + self.QUEUE:
+                self.refused += 1
+                return web.Response(status=503, text="busy: too many pages being rendered; retry in a second\n",
+                                    headers={"Retry-After": "1"})
+            task = self._inflight[key] = asyncio.get_running_loop().create_task(self._build(key, make))
+        return self._response(await asyncio.shield(task))
+
+    async def _build(self, key: str, make: Callable[[], Awaitable[web.Response]]) -> tuple[int, bytes, str, str | None]:
+        self._pending += 1
+        try:
+            async with self._gate:
+                resp = await make()
+            body = resp.body if isinstance(resp.body, bytes) else b""
+            value = (resp.status, body, resp.content_type, resp.charset)
+        finally:
+            self._pending -= 1
+            self._inflight.pop(key, None)
+        if len(self._cache) >= self.MAX_KEYS:
+            now = time.monotonic()
+            self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.TTL}
+            if len(self._cache) >= self.MAX_KEYS:
+                self._cache.clear()
+        self._cache[key] = (time.monotonic(), value)
+        return value
+
+    @staticmethod
+    def _response(value: tuple[int, bytes, str, str | None]) -> web.Response:
+        status, body, ctype, charset = value
+        return web.Response(status=status, body=body, content_type=ctype, charset=charset)
+
+
+RENDERS: web.AppKey[Renders] = web.AppKey("renders", Renders)
+
+
+def rendered(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Serve ``handler`` through the app's Renders (bounded, shared, briefly cached)."""
+    async def wrapper(request: web.Request) -> web.Response:
+        return await request.app[RENDERS].serve(request, lambda: handler(request))
+
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+@rendered
 async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
@@ -189,6 +261,7 @@ async def status_page(request: web.Request) -> web.Response:
     return web.Response(text=sp.page("stackwatch status", body), content_type="text/html")
 
 
+@rendered
 async def target_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     name = request.match_info["name"]
@@ -226,6 +299,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return int(raw)
 
 
+@rendered
 async def api_targets(request: web.Request) -> web.Response:
     """Targets in config order, ``limit`` (default API_PAGE, at most API_PAGE_MAX) from ``offset``."""
     ex = request.app[EXPORTER]
@@ -262,6 +336,7 @@ async def api_targets(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+@rendered
 async def api_history(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     name = request.match_info["name"]
@@ -302,6 +377,7 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[EXPORTER] = ex
+    app[RENDERS] = Renders()
     app[LIFECYCLE] = enable_lifecycle
     app.on_response_prepare.append(_add_headers)
     app.router.add_get("/metrics", metrics)
