@@ -80,3 +80,43 @@ async def test_no_cyclic_garbage_per_probe(hostile, case):  # noqa: F811
         extra = {**extra, "tls_config": f"{{ca_file: {tls['ca']}}}"}
     per_probe, kinds = await cyclic_garbage_per_probe(http_target(f"{scheme}://127.0.0.1:{port}{path}", **extra))
     assert per_probe < 1, f"{per_probe:.1f} objects in reference cycles left per probe: {kinds.most_common(8)}"
+
+
+async def test_cycles_frozen_while_alive_are_swept_even_across_reloads(tmp_path, monkeypatch):
+    """Garbage the periodic freeze caught alive is reclaimed: once the frozen set has grown past
+    the bound since the last sweep, a sweep frees it, and a reload in between does not hide it."""
+    from stackwatch import app as app_module
+    from stackwatch.app import Exporter
+    from stackwatch.kinds import load_config
+
+    monkeypatch.setattr(app_module, "FREEZE_EVERY", 0.05)
+    monkeypatch.setattr(app_module, "SWEEP_GROWTH_MIN", 5_000)
+    monkeypatch.setattr(app_module, "SWEEP_GROWTH", 0.0)
+    cfg = tmp_path / "sw.yml"
+    cfg.write_text("targets:\n  - {name: a, kind: http, url: 'http://127.0.0.1:1/', interval: 1h}\n")
+    ex = Exporter(str(cfg), load_config(str(cfg)))
+    await ex.start()
+    try:
+        await asyncio.sleep(0.2)
+        sweeps = ex.gc_sweeps
+
+        class Node:
+            def __init__(self) -> None:
+                self.me = self  # a cycle: only the cyclic GC can free it
+
+        held = [Node() for _ in range(20_000)]
+        await asyncio.sleep(0.2)  # a freeze or two: the nodes, alive, are now frozen
+        assert gc.get_freeze_count() >= 20_000
+        del held  # garbage now, but frozen: reference counting cannot free a cycle
+        ok, message = await ex.reload()  # a reload must not take the growth for the new normal
+        assert ok, message
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if ex.gc_sweeps > sweeps:
+                break
+        assert ex.gc_sweeps > sweeps, "no sweep ran"
+        await asyncio.sleep(0.2)
+        assert not any(type(o).__name__ == "Node" for o in gc.get_objects()), "the frozen cycles were kept"
+    finally:
+        await ex.stop()
+        gc.unfreeze()

@@ -26,7 +26,7 @@ from stackwatch.webconfig import BasicAuthChecker, WebConfig, check_reload, load
 log = logging.getLogger("stackwatch")
 
 FREEZE_EVERY = float(os.environ.get("STACKWATCH_GC_FREEZE_EVERY", "5"))
-SWEEP_EVERY = 3600.0
+SWEEP_EVERY = 600.0
 SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.001"))
 SILENCE_EVERY = float(os.environ.get("STACKWATCH_SILENCE_SYNC_EVERY", "60"))
 SWEEP_GROWTH = 0.1
@@ -99,9 +99,9 @@ class Exporter:
         A cycle that was still alive at a freeze (an exception and its traceback in a probe in
         flight, say) is freed only by a pass over everything.  The probes' own hot paths make
         no cycles (tests/test_gc_cycles.py); for the rest, such a sweep runs once every
-        SWEEP_EVERY seconds, and sooner once the frozen objects have grown by SWEEP_GROWTH of
-        what the last sweep left (at least SWEEP_GROWTH_MIN objects), so memory never grows by
-        more than that between sweeps.  stackwatch_gc_pause_seconds shows the passes and
+        SWEEP_EVERY seconds (a pass over everything: tens of ms at thousands of targets), and
+        sooner once the frozen objects have grown by SWEEP_GROWTH of what the last sweep left (at
+        least SWEEP_GROWTH_MIN objects), so memory never grows by more than that between sweeps.  stackwatch_gc_pause_seconds shows the passes and
         stackwatch_gc_frozen_objects what is frozen."""
         last_sweep = time.monotonic()
         self.gc_baseline = gc.get_freeze_count()
@@ -112,7 +112,8 @@ class Exporter:
             if (time.monotonic() - last_sweep >= SWEEP_EVERY
                     or grown > max(SWEEP_GROWTH_MIN, SWEEP_GROWTH * self.gc_baseline)):
                 gc.unfreeze()
-                gc.collect()
+                freed = gc.collect()
+                log.debug("gc sweep", extra={"grown": grown, "freed": freed})
                 last_sweep = time.monotonic()
                 self.gc_sweeps += 1
                 gc.freeze()
@@ -185,7 +186,9 @@ class Exporter:
         self.metrics.reload_at.set(time.time())
         gc.collect(2)  # the old config's cycles, before the freeze would keep them
         gc.freeze()  # the new config's models live until the next reload, as at start
-        self.gc_baseline = gc.get_freeze_count()
+        # The sweep baseline stays: the new config replaces the old one (whose objects leave the
+        # frozen set as they are dropped), and a reload every minute must not hide growth.  A
+        # reload that adds many targets triggers one sweep, which sets the baseline again.
         self._silences()
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True, new.summary()

@@ -211,7 +211,7 @@ class Exchange(asyncio.Protocol):
         """Break the exchange's reference cycles (parser <-> callbacks, future <-> raised failure),
         so that reference counting frees it the moment the caller drops it.  Left to the cyclic
         GC, a probe's objects would wait for a collection, and any that were in flight when the
-        exporter froze the GC's generations (app.py) would be kept until its hourly sweep."""
+        exporter froze the GC's generations (app.py) would be kept until its next full sweep."""
         self._parser = None
         if self.done.done() and not self.done.cancelled() and self.done.exception() is not None:
             done = self.done.get_loop().create_future()
