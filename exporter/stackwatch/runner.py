@@ -20,6 +20,7 @@ from stackwatch.probes.base import (
     ProbeKind,
     ProbeResult,
     Reason,
+    release_exception,
 )
 from stackwatch.redact import scrub
 
@@ -60,12 +61,14 @@ class Probers:
             result = ctx.failure(Reason.TIMEOUT, f"no result within the timeout of {timeout:g}s")
         except ProbeFailure as exc:
             result = ctx.failure(exc.reason, exc.message)
+            release_exception(exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a broken probe must not reach the scheduler
             log.debug("probe %s raised", target.name, exc_info=True)
             result = ctx.failure(Reason.INTERNAL,
                                  f"probe raised {type(exc).__name__}: {scrub(str(exc), target.secrets())}")
+            release_exception(exc)
         result.duration = ctx.latency if ctx.latency is not None else time.perf_counter() - started
         result.finished_at = time.time()
         return result

@@ -243,7 +243,8 @@ async def status_page(request: web.Request) -> web.Response:
             f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
         await slicer.pause()
     source = next(iter(hist.values())).source if hist else "memory"
-    note = ("History from Prometheus." if source == "prometheus" else
+    fetched = (f" Fetched {time.time() - ex.remotes.last_answer_at:.0f} s ago." if ex.remotes.last_answer_at else "")
+    note = ("History from Prometheus." + fetched if source == "prometheus" else
             "History since stackwatch started (in memory): set --prometheus.url for history that survives restarts"
             + (f" (Prometheus unavailable: {html.escape(ex.remotes.last_error)})" if ex.remotes.last_error else "")
             + ".")

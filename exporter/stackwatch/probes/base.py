@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -168,6 +169,21 @@ MAX_LABEL_VALUE = 256
 _NON_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
 
 
+def release_exception(error: BaseException | None) -> None:
+    """Let reference counting free a caught exception that has been turned into a reason and a
+    message.  Drivers keep the exception in a local of a frame its own traceback holds (SQLAlchemy
+    re-raising, psycopg's cancellation...), a cycle that would otherwise wait for the cyclic GC,
+    and past the exporter's periodic freeze (app.py) for its next full sweep.  Clears the frames'
+    locals and the traceback, along the cause/context chain."""
+    seen = 0
+    while error is not None and seen < 8:
+        if error.__traceback__ is not None:
+            traceback.clear_frames(error.__traceback__)
+            error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+        seen += 1
+
+
 def sanitize_label_value(value: Any) -> str:
     """Any JSON value as a printable label value of bounded length."""
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
@@ -257,6 +273,7 @@ async def run_blocking(ctx: ProbeContext, runner: Any, fn: BlockingProbe) -> Pro
         reason, message = await runner.run(lambda: fn(ctx.deadline, log, samples), ctx.deadline)
     except ProbeFailure as exc:
         reason, message = exc.reason, exc.message
+        release_exception(exc)  # it crossed a thread: its traceback holds that thread's frames
     finally:
         for line in list(log):
             ctx.log(line)

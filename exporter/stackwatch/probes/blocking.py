@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from stackwatch.probes.base import ProbeFailure, Reason
+from stackwatch.probes.base import ProbeFailure, Reason, release_exception
 
 T = TypeVar("T")
 
@@ -56,16 +56,21 @@ class BlockingRunner:
             try:
                 value, ok = fn(), True
             except BaseException as exc:  # delivered to the waiting probe, which classifies it
+                if isinstance(exc, ProbeFailure):
+                    release_exception(exc)  # an expected failure: its reason and message are all it carries
                 value, ok = exc, False
-            with self._lock:
-                state["finished"] = True
-                if state["abandoned"]:
-                    self.stuck -= 1
-                    return
             try:
-                loop.call_soon_threadsafe(deliver, ok, value)
-            except RuntimeError:  # the loop is closed (shutdown)
-                pass
+                with self._lock:
+                    state["finished"] = True
+                    if state["abandoned"]:
+                        self.stuck -= 1
+                        return
+                try:
+                    loop.call_soon_threadsafe(deliver, ok, value)
+                except RuntimeError:  # the loop is closed (shutdown)
+                    pass
+            finally:
+                value = None  # an exception here would hold this frame through its traceback: a cycle
 
         threading.Thread(target=work, name=f"stackwatch-{self.name}", daemon=True).start()
         try:

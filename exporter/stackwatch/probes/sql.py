@@ -360,7 +360,7 @@ def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
         holder.append(conn)
         with conn:
             connect_time = time.perf_counter() - started
-            log.append(f"connected to {sqldb.safe_url(parsed.url)} in {connect_time * 1000:.1f}ms")
+            log.append(f"connected to {parsed.shown} in {connect_time * 1000:.1f}ms")
             dialect = parsed.dialect
             is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
             try:

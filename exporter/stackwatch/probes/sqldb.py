@@ -18,6 +18,7 @@ previous one still running fails at once instead of queueing behind it.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -30,7 +31,7 @@ from urllib.parse import quote
 
 from typing import TYPE_CHECKING
 
-from stackwatch.probes.base import ProbeFailure, Reason
+from stackwatch.probes.base import ProbeFailure, Reason, release_exception
 from stackwatch.redact import MASK, EnvStr, is_secret_name
 
 if TYPE_CHECKING:  # SQLAlchemy is imported when the first SQL target is loaded (~25 MB less RSS without one)
@@ -47,6 +48,12 @@ class ParsedURL:
     url: URL
     dialect: str  # postgresql | mysql | sqlite
     driver: str
+
+    @functools.cached_property
+    def shown(self) -> str:
+        """The URL for logs (safe_url), made once: SQLAlchemy builds it with a self-referencing
+        closure, a cycle per call that only the cyclic GC would free."""
+        return safe_url(self.url)
 
 
 def parse_url(raw: str, password: str | None) -> ParsedURL:
@@ -238,7 +245,15 @@ def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mar
 
 
 def classify(error: BaseException, timed_out: bool = False) -> tuple[Reason, str]:
-    """A driver error as (reason, short message); the message never holds the URL or password."""
+    """A driver error as (reason, short message); the message never holds the URL or password.
+    The error is done with afterwards: its traceback's cycles are broken (release_exception)."""
+    try:
+        return _classify(error, timed_out)
+    finally:
+        release_exception(error)
+
+
+def _classify(error: BaseException, timed_out: bool = False) -> tuple[Reason, str]:
     from sqlalchemy import exc
     orig = getattr(error, "orig", None) or error
     msg = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
