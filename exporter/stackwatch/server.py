@@ -29,6 +29,7 @@ from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.listener import Limits, listen as open_listener
 from stackwatch.scheduler import Busy
+from stackwatch.store import TargetState
 from stackwatch.webconfig import authorize
 
 log = logging.getLogger("stackwatch.server")
@@ -205,17 +206,14 @@ def rendered(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Calla
 async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
-    states = list(ex.store.states.values())
+    # Worst first, then by name: a pass over the name-sorted list into one list per state.
+    buckets: dict[str, list[TargetState]] = {k: [] for k in ("down", "stale", "degraded", "pending", "up")}
     slicer = Slicer()
-    state_of = {}
-    for st in states:
-        state_of[st.target.name] = sp.target_state(st, now)[0]
+    for st in ex.store.by_name():
+        buckets[sp.target_state(st, now)[0]].append(st)
         await slicer.pause()
-    counts: dict[str, int] = {}
-    for value in state_of.values():
-        counts[value] = counts.get(value, 0) + 1
-    order = {"down": 0, "stale": 1, "degraded": 2, "pending": 3, "up": 4}
-    states.sort(key=lambda st: (order[state_of[st.target.name]], st.target.name))
+    counts = {k: len(v) for k, v in buckets.items()}
+    states = [st for k in buckets for st in buckets[k]]
     try:
         page_no = max(0, int(request.query.get("page", "0")))
     except ValueError:
