@@ -46,11 +46,14 @@ def get(url: str, timeout: float = 120) -> tuple[int, int, float]:
 
 
 def lag(base: str) -> dict[str, float]:
+    """Scheduler lag buckets, and ("gc2", le) buckets of full GC passes."""
     with urllib.request.urlopen(base + "/metrics", timeout=120) as r:
         text = r.read().decode()
     out = {}
     for m in re.finditer(r'^stackwatch_scheduler_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r'^stackwatch_gc_pause_seconds_bucket\{generation="2",le="([^"]+)"\} (\S+)$', text, re.M):
+        out["gc2:" + m.group(1)] = float(m.group(2))
     return out
 
 
@@ -134,7 +137,8 @@ def main() -> int:
         for t in threads:
             t.join(180)
         lag1 = lag(base)
-        delta = [({"le": le}, v - lag0.get(le, 0)) for le, v in lag1.items()]
+        delta = [({"le": le}, v - lag0.get(le, 0)) for le, v in lag1.items() if not le.startswith("gc2:")]
+        gc_full = {le[4:]: v - lag0.get(le, 0) for le, v in lag1.items() if le.startswith("gc2:")}
         page = urllib.request.urlopen(base + "/", timeout=120).read().decode()
         rows = re.findall(r"<tr class=['\"]\w+['\"]>.*?</tr>", page)
         out = {
@@ -146,6 +150,10 @@ def main() -> int:
                       for p, v in pages.items()},
             "status_page_bytes_per_row": round(sum(len(r.encode()) for r in rows) / max(len(rows), 1)),
             "scheduler_lag_p99_ms": round(histogram_quantile(0.99, delta) * 1000, 2) if delta else None,
+            "gc_full_passes": gc_full.get("+Inf"),
+            # the smallest bucket bound every full pass fits under (None: none, or over the top bound)
+            "gc_full_pass_longest_ms_le": min((float(le) * 1000 for le, v in gc_full.items()
+                                               if le != "+Inf" and v > 0 and v == gc_full.get("+Inf")), default=None),
             "rss_mb": round(rss_mb(proc.pid), 1), "errors": errors[:5], "error_count": len(errors),
         }
         print(json.dumps(out, indent=2))
