@@ -161,3 +161,53 @@ targets:
         if am is not None:
             am.stop()
         sw.stop()
+
+
+def test_reloads_against_a_dripping_alertmanager_leave_no_connections_behind(servers, remotes, tmp_path):
+    """Silences are reconciled by one task with a deadline per call: reloads do not stack up
+    calls, and no connection to a dripping Alertmanager outlives its deadline."""
+    import os
+    import signal as sig
+
+    now = datetime.now(timezone.utc)
+    port = remotes["drip"]
+    cfg = tmp_path / "maint.yml"
+    cfg.write_text(f"""maintenance:
+  - name: upgrade
+    targets: [api]
+    start: {(now - timedelta(minutes=5)).strftime('%Y-%m-%dT%H:%M:%SZ')}
+    end: {(now + timedelta(hours=1)).strftime('%Y-%m-%dT%H:%M:%SZ')}
+defaults: {{interval: 1s, timeout: 500ms}}
+targets:
+  - {{name: api, kind: http, url: "{servers.url('/health')}"}}
+""")
+    sw = Stackwatch(cfg, tmp_path, extra=["--alertmanager.url", f"http://127.0.0.1:{port}"],
+                    env={"STACKWATCH_SILENCE_SYNC_EVERY": "2"})
+
+    def connections_to_alertmanager() -> int:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{sw.proc.pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{sw.proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        n = 0
+        for row in Path(f"/proc/{sw.proc.pid}/net/tcp").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[9] in inodes and int(cols[2].rsplit(":", 1)[1], 16) == port:
+                n += 1
+        return n
+
+    try:
+        for _ in range(12):
+            sw.signal(sig.SIGHUP)
+            time.sleep(0.5)
+        time.sleep(5)  # past the 4 s deadline of any call started during the reloads
+        assert connections_to_alertmanager() <= 1  # at most the one call in flight now
+        assert "cannot sync maintenance silences" in sw.log()
+        assert "no complete answer within 4s" in sw.log()
+        assert "Traceback" not in sw.log()
+    finally:
+        sw.stop()
