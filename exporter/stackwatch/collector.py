@@ -129,8 +129,8 @@ def render_result(target: TargetConfig, outcome: Outcome | ProbeResult | None,
     if samples is None:
         samples = outcome.samples if isinstance(outcome, ProbeResult) else ()
     out: dict[str, list[str]] = {
-        TIMEOUT.name: [line(TIMEOUT.name, labels, target.timeout or 0)],
-        INTERVAL.name: [line(INTERVAL.name, labels, target.interval or 0)],
+        TIMEOUT.name: [line(TIMEOUT.name, labels, target.deadline)],
+        INTERVAL.name: [line(INTERVAL.name, labels, target.every)],
     }
     if outcome is None:
         return {k: "".join(v) for k, v in out.items()}

@@ -163,7 +163,23 @@ class TargetConfig(Model):
     kind: str
     interval: Duration | None = None
     timeout: Duration | None = None
+    """As written; None means "from ``defaults``".  Loading fills both in (resolved_timing), so
+    the code after it reads :attr:`every` and :attr:`deadline`, which say so by their type."""
     labels: dict[LabelName, str] = Field(default_factory=dict)
+
+    @property
+    def every(self) -> float:
+        """Seconds between probes, as loaded (the target's own interval or the defaults')."""
+        if self.interval is None:
+            raise RuntimeError(f"target {self.name}: the interval is filled in by loading the config")
+        return float(self.interval)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds a probe may take, as loaded (never more than the interval)."""
+        if self.timeout is None:
+            raise RuntimeError(f"target {self.name}: the timeout is filled in by loading the config")
+        return float(self.timeout)
 
     @model_validator(mode="before")
     @classmethod

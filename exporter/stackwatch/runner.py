@@ -49,7 +49,7 @@ class Probers:
 
         ``verbose`` keeps the probe's debug log (for /probe?debug=true and tests)."""
         kind = self.kinds[target.kind]
-        timeout = float(target.timeout or 5.0)
+        timeout = target.deadline
         ctx = ProbeContext(target, timeout, verbose, self.states.get(target.kind))
         started = time.perf_counter()
         try:

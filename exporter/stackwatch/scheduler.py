@@ -74,7 +74,7 @@ class _Entry:
 
     def __init__(self, target: TargetConfig):
         self.target = target
-        self.interval = float(target.interval or 15.0)
+        self.interval = target.every
         self.active = True
         self.previous: bool | None = None
         self.task: asyncio.Task[None] | None = None
@@ -111,7 +111,7 @@ class Scheduler:
             self._global = asyncio.Semaphore(config.scheduler.max_concurrent_probes)
         loop = asyncio.get_running_loop()
         wanted = {t.name: t for t in config.targets}
-        self.tick = tick_for(sum(1.0 / float(t.interval or 15.0) for t in config.targets))
+        self.tick = tick_for(sum(1.0 / t.every for t in config.targets))
         for name, entry in list(self._entries.items()):
             if wanted.get(name) != entry.target:
                 entry.active = False

@@ -275,7 +275,7 @@ async def target_page(request: web.Request) -> web.Response:
     checks_html = "".join(f"<li><code>{html.escape(c)}</code></li>" for c in checks)
     body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
             f"style='color:{sp._COLORS[status]}'>{status}</span></h1>"
-            f"<p>{st.target.kind} probe every {float(st.target.interval or 15):g}s. {html.escape(reason)}</p>"
+            f"<p>{st.target.kind} probe every {st.target.every:g}s. {html.escape(reason)}</p>"
             + (f"<h2>Failing checks</h2><ul>{checks_html}</ul>" if checks else "")
             + f"<h2>Uptime</h2><p>24h {sp._pct(h.uptime_24h)} · 90d {sp._pct(h.uptime_90d)} "
             f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"

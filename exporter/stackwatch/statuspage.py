@@ -284,11 +284,11 @@ def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
     r, t = state.result, state.target
     if r is None:
         return "pending", "", []
-    status = r.state(now, float(t.interval or 15))
+    status = r.state(now, t.every)
     if status == "down":
         reason = f"{r.reason.value}: {r.message}" if r.reason else r.message
     elif status == "stale":
-        reason = f"no probe for {now - r.finished_at:.0f}s (interval {float(t.interval or 15):g}s)"
+        reason = f"no probe for {now - r.finished_at:.0f}s (interval {t.every:g}s)"
     elif status == "degraded":
         reason = "failing checks: " + ", ".join(r.failing_checks)
     else:
@@ -303,7 +303,7 @@ def target_json(state: TargetState, hist: Uptimes, now: float, maintenance: str 
         "name": state.target.name, "kind": state.target.kind, "labels": dict(state.target.labels),
         "state": status, "reason": reason, "failing_checks": checks,
         "last_probe": r.finished_at if r else None, "duration_seconds": r.duration if r else None,
-        "interval_seconds": float(state.target.interval or 15),
+        "interval_seconds": state.target.every,
         "uptime": {"24h": hist.u24h, "90d": hist.u90d}, "history_source": hist.source,
     }
 

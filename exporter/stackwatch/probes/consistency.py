@@ -321,7 +321,7 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
     if s.sql is not None:
         spec = s.sql
         handle = state.engines.handle_for(f"{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
-                                          float(t.timeout or 5))
+                                          t.deadline)
         row = await state.runner.run(lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline), ctx.deadline)
         values: dict[str, float] = {}
         for field in t.fields:

@@ -347,7 +347,7 @@ def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the SQL thread pool: appends samples to ``out``, returns (failure reason or None, message)."""
     parsed = t._parsed
-    h = state.engines.handle_for(t.name, (t.url, t.password, t.timeout), parsed, float(t.timeout or 5))
+    h = state.engines.handle_for(t.name, (t.url, t.password, t.timeout), parsed, t.deadline)
     with sqldb.exclusive(h, deadline, "probe of this database") as holder:
         started = time.perf_counter()
         try:
