@@ -89,7 +89,7 @@ def test_no_import_cycle():
 
 # (importer prefix, forbidden import prefixes): the rules of docs/architecture.md.
 BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition", "stackwatch.yamlload",
-          "stackwatch.cooperative")
+          "stackwatch.cooperative", "stackwatch.buckets")
 ABOVE_PROBES = ("stackwatch.kinds", "stackwatch.runner", "stackwatch.scheduler", "stackwatch.store",
                 "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
                 "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition")

@@ -36,6 +36,7 @@ from prometheus_client.openmetrics import exposition as om_exposition
 
 from stackwatch import __version__
 from stackwatch.config import TargetConfig
+from stackwatch.buckets import Buckets
 from stackwatch.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -224,21 +225,14 @@ class GCPauses:
     stops the event loop: a response arriving meanwhile is timed late by up to its length."""
 
     def __init__(self) -> None:
-        self.buckets = [[0] * (len(GC_BUCKETS) + 1) for _ in range(3)]
-        self.sums = [0.0, 0.0, 0.0]
+        self.passes = [Buckets(GC_BUCKETS) for _ in range(3)]
         self._started = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
             return
-        took = time.perf_counter() - self._started
-        gen = min(2, info.get("generation", 0))
-        i = 0
-        while i < len(GC_BUCKETS) and took > GC_BUCKETS[i]:
-            i += 1
-        self.buckets[gen][i] += 1
-        self.sums[gen] += took
+        self.passes[min(2, info.get("generation", 0))].observe(time.perf_counter() - self._started)
 
     def install(self) -> None:
         if self not in gc.callbacks:
@@ -252,12 +246,8 @@ class GCPauses:
         fam = HistogramMetricFamily("stackwatch_gc_pause_seconds",
                                     "Passes of Python's cyclic garbage collector by generation (they pause probing).",
                                     labels=["generation"])
-        for gen in range(3):
-            running, buckets = 0, []
-            for bound, n in zip((*[str(b) for b in GC_BUCKETS], "+Inf"), self.buckets[gen]):
-                running += n
-                buckets.append((bound, running))
-            fam.add_metric([str(gen)], buckets, self.sums[gen])
+        for gen, passes in enumerate(self.passes):
+            fam.add_metric([str(gen)], passes.cumulative(), passes.sum)
         return fam
 
 
@@ -293,11 +283,7 @@ class _LiveCollector:
             "Scheduled probe runs skipped because the previous run of the target ended late.",
             value=sched.skipped if sched else 0)
         yield skipped
-        counts_lag = sched.lag_buckets if sched else [0] * (len(LAG_BUCKETS) + 1)
-        running, buckets = 0, []
-        for bound, n in zip((*[str(b) for b in LAG_BUCKETS], "+Inf"), counts_lag):
-            running += n
-            buckets.append((bound, running))
+        lag = sched.lag if sched else Buckets(LAG_BUCKETS)
         stuck = GaugeMetricFamily("stackwatch_blocking_calls_stuck",
                                   "Blocking client calls (SQL drivers, Algorand SDK) abandoned at their deadline "
                                   "whose thread is still running.", labels=["kind"])
@@ -353,7 +339,7 @@ class _LiveCollector:
         yield HistogramMetricFamily(
             "stackwatch_scheduler_lag_seconds",
             "Delay between a probe's planned start and the moment it got a concurrency slot.",
-            buckets=buckets, sum_value=sched.lag_sum if sched else 0.0)
+            buckets=lag.cumulative(), sum_value=lag.sum)
 
 
 # --------------------------------------------------------------------------- the /metrics body

@@ -57,3 +57,4 @@ def header(name: str, mtype: str, help_text: str, openmetrics: bool) -> str:
     # OpenMetrics names a counter family without its _total suffix.
     family = name[: -len("_total")] if openmetrics and mtype == "counter" and name.endswith("_total") else name
     return f"# HELP {family} {escape_help(help_text)}\n# TYPE {family} {mtype}\n"
+

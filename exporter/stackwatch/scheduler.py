@@ -30,6 +30,7 @@ import os
 import zlib
 from collections.abc import Callable
 
+from stackwatch.buckets import Buckets
 from stackwatch.config import Config, SchedulerSettings, TargetConfig
 from stackwatch.probes.base import ProbeResult
 from stackwatch.runner import Probers
@@ -99,8 +100,8 @@ class Scheduler:
         self.max_probe_callers = max(16, 2 * settings.max_concurrent_probes)
         self.probe_refused = 0
         self.joined = 0
-        self.lag_buckets = [0] * (len(LAG_BUCKETS) + 1)
-        self.lag_sum = 0.0
+        self.lag = Buckets(LAG_BUCKETS)
+        """stackwatch_scheduler_lag_seconds."""
         self.skipped = 0
         self.tick = MAX_TICK
 
@@ -266,8 +267,4 @@ class Scheduler:
                     gate.release()
 
     def _observe_lag(self, lag: float) -> None:
-        i = 0
-        while i < len(LAG_BUCKETS) and lag > LAG_BUCKETS[i]:
-            i += 1
-        self.lag_buckets[i] += 1
-        self.lag_sum += lag
+        self.lag.observe(lag)

@@ -8,7 +8,6 @@ status page and the JSON API read) and the rendered lines the collector puts bes
 from __future__ import annotations
 
 import asyncio
-import bisect
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackwatch.config import Config, TargetConfig
+from stackwatch.buckets import bucket_index
 from stackwatch.history import History
 from stackwatch.probes.base import ProbeResult, Reason, failing_checks
 
@@ -164,7 +164,7 @@ class Store:
         if state.history is None:
             state.history = History()
         state.history.add(result.finished_at, result.success, result.duration)
-        state.buckets[bisect.bisect_left(LATENCY_BUCKETS, result.duration)] += 1
+        state.buckets[bucket_index(LATENCY_BUCKETS, result.duration)] += 1
         state.duration_sum += result.duration
         self._on_change(state, result)
         self.version += 1
