@@ -234,10 +234,10 @@ async def status_page(request: web.Request) -> web.Response:
         rows.append(
             f"<tr class='{status}'><td><a href='targets/{html.escape(t.name)}'>{html.escape(t.name)}</a></td>"
             f"<td>{t.kind}</td><td class='state'>{status}</td><td class='reason'>{html.escape(reason)}</td>"
-            f"<td>{sp.bar_svg_compact(h.quarter, title=f'last 24 hours: {sp._pct(h.uptime_24h)}')}"
-            f"<span class='note'>24h {sp._pct(h.uptime_24h)}</span></td>"
-            f"<td>{sp.bar_svg_compact(h.day, width=270, title=f'last 90 days: {sp._pct(h.uptime_90d)}')}"
-            f"<span class='note'>90d {sp._pct(h.uptime_90d)}</span></td>"
+            f"<td>{sp.bar_svg_compact(h.quarter, title=f'last 24 hours: {sp.pct(h.uptime_24h)}')}"
+            f"<span class='note'>24h {sp.pct(h.uptime_24h)}</span></td>"
+            f"<td>{sp.bar_svg_compact(h.day, width=270, title=f'last 90 days: {sp.pct(h.uptime_90d)}')}"
+            f"<span class='note'>90d {sp.pct(h.uptime_90d)}</span></td>"
             f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
         await slicer.pause()
     source = next(iter(hist.values())).source if hist else "memory"
@@ -274,10 +274,10 @@ async def target_page(request: web.Request) -> web.Response:
     points = st.history.latency() if st.history is not None else []
     checks_html = "".join(f"<li><code>{html.escape(c)}</code></li>" for c in checks)
     body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
-            f"style='color:{sp._COLORS[status]}'>{status}</span></h1>"
+            f"style='color:{sp.COLORS[status]}'>{status}</span></h1>"
             f"<p>{st.target.kind} probe every {st.target.every:g}s. {html.escape(reason)}</p>"
             + (f"<h2>Failing checks</h2><ul>{checks_html}</ul>" if checks else "")
-            + f"<h2>Uptime</h2><p>24h {sp._pct(h.uptime_24h)} · 90d {sp._pct(h.uptime_90d)} "
+            + f"<h2>Uptime</h2><p>24h {sp.pct(h.uptime_24h)} · 90d {sp.pct(h.uptime_90d)} "
             f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
             f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
             f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"

@@ -316,7 +316,7 @@ def history_json(name: str, hist: TargetHistory, range_: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- HTML
 
-_COLORS = {"up": "#2e7d32", "degraded": "#ef8f00", "down": "#c62828", "stale": "#6d4c41", "pending": "#757575"}
+COLORS = {"up": "#2e7d32", "degraded": "#ef8f00", "down": "#c62828", "stale": "#6d4c41", "pending": "#757575"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:4px 6px;text-align:left;
@@ -326,7 +326,7 @@ vertical-align:top;font-size:.9em}.state{font-weight:bold;text-transform:upperca
 svg{display:block}.reason{max-width:32em;word-break:break-word}"""
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.2f}%"
 
 
@@ -336,7 +336,7 @@ def bar_svg(buckets: list[Bucket], width: int = 288, height: int = 14, title: st
     rects = []
     for i, b in enumerate(buckets):
         color = _bar_color(b.ratio)
-        tip = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.start)) + " UTC: " + _pct(b.ratio)
+        tip = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.start)) + " UTC: " + pct(b.ratio)
         rects.append(f'<rect x="{i * w:.2f}" width="{max(w - 0.6, 0.6):.2f}" height="{height}" fill="{color}">'
                      f"<title>{tip}</title></rect>")
     return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
