@@ -386,6 +386,18 @@ _FRIENDLY = {
 }
 
 
+def located_problems(exc: ValidationError, marks: dict[tuple[Any, ...], tuple[int, int]],
+                     model: type[BaseModel]) -> list[Problem]:
+    """A model's validation errors as located Problems: the key path, the line and column of the
+    nearest key the YAML loader marked, and a message that names the allowed fields."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        line, col = next((marks[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in marks), (None, None))
+        problems.append(Problem(format_path(loc), line, col, _message(err, loc, model)))
+    return problems
+
+
 def _message(err: dict[str, Any], path: tuple[Any, ...], model: type[BaseModel] | None) -> str:
     kind = err["type"]
     ctx = dict(err.get("ctx") or {})

@@ -36,7 +36,7 @@ from typing import Literal
 import bcrypt
 from pydantic import Field, ValidationError, field_validator
 
-from stackwatch.config import ConfigError, Model, Problem, _message, format_path
+from stackwatch.config import ConfigError, Model, Problem, located_problems
 from stackwatch.yamlload import YAMLProblem, load
 
 ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
@@ -184,13 +184,7 @@ def load_web_config(path: str | None) -> WebConfig:
     try:
         model = WebConfigFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = tuple(err["loc"])
-            line, col = next((loaded.marks[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in loaded.marks),
-                             (None, None))
-            problems.append(Problem(format_path(loc), line, col, _message(err, loc, WebConfigFile)))
-        raise ConfigError(path, problems) from None
+        raise ConfigError(path, located_problems(exc, loaded.marks, WebConfigFile)) from None
     web = WebConfig(path, {u: h.encode() for u, h in model.basic_auth_users.items()},
                     dict(model.http_server_config.headers), model.tls_server_config, Path(path).resolve().parent)
     try:
