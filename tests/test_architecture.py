@@ -220,3 +220,41 @@ def test_the_documented_accept_table_is_what_is_served():
     for accept, served in rows:
         header = "" if accept == "(none)" else accept.split("`")[1]
         assert negotiate(header).content_type == served, accept
+
+
+def private_uses(sources: dict[str, str] | None = None) -> list[str]:
+    """Names starting with one underscore taken from another stackwatch module: imported by name
+    (``from stackwatch.x import _y``) or reached through the module (``x._y``)."""
+    if sources is None:
+        sources = {module_name(p): p.read_text() for p in PKG.rglob("*.py")}
+    modules = set(sources)
+    out = []
+    for name, source in sources.items():
+        tree = ast.parse(source, name)
+        aliases: dict[str, str] = {}  # local name -> stackwatch module
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stackwatch"):
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in modules:
+                        aliases[a.asname or a.name] = full
+                    elif a.name.startswith("_") and not a.name.startswith("__"):
+                        out.append(f"{name} imports {node.module}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in modules and a.asname:
+                        aliases[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and aliases[node.value.id] != name):
+                out.append(f"{name} uses {aliases[node.value.id]}.{node.attr}")
+    return sorted(set(out))
+
+
+def test_no_module_uses_another_modules_private_names():
+    assert private_uses() == []
+    # The check does catch both forms:
+    fake = {"stackwatch.a": "def _x(): pass\n",
+            "stackwatch.b": "from stackwatch import a as sp\nfrom stackwatch.a import _x\nsp._x()\n"}
+    assert private_uses(fake) == ["stackwatch.b imports stackwatch.a._x", "stackwatch.b uses stackwatch.a._x"]
