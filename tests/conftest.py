@@ -29,13 +29,52 @@ def stop_left_processes():
         proc.stop()
 
 
+def _children() -> list[tuple[int, str]]:
+    """This process's live child processes (pid, command line)."""
+    import os
+
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            pids.update(int(p) for p in open(f"/proc/self/task/{task}/children").read().split())
+        except OSError:
+            continue
+    out = []
+    for pid in sorted(pids):
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if state != "Z":
+            out.append((pid, cmd[:200]))
+    return out
+
+
 @pytest.fixture(scope="session", autouse=True)
 def stop_all_processes():
+    """Stops what is left, then checks that no process a test started outlives the run."""
+    import os
+    import signal
+    import time
+
     from harness import Process
 
     yield
     for proc in list(Process.live):
         proc.stop()
+    left = _children()
+    for _ in range(50):  # a child stopping on its own (a fixture's server reading EOF) gets 5 s
+        if not left:
+            break
+        time.sleep(0.1)
+        left = _children()
+    for pid, _ in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    assert not left, f"processes started by the tests outlived them: {left}"
 
 
 @pytest.fixture(autouse=True)
