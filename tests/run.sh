@@ -41,13 +41,20 @@ if [ ! -d tests/crd/node_modules/@kubernetes-models/prometheus-operator ]; then
   npm ci --prefix tests/crd --no-audit --no-fund --silent
 fi
 
-.venv/bin/python -m pytest "$@"
+first=0
+.venv/bin/python -m pytest "$@" || first=$?
 
 # The same end-to-end, alerting and dashboard tests again against the releases users run now:
 # Prometheus 3.5 LTS and Alertmanager 0.33, unpacked from Debian testing into .peers/ (no system
-# install).  Skipped only when specific tests were asked for.
-for arg in "$@"; do case "$arg" in -*) ;; *) exit 0 ;; esac; done
+# install).  Skipped only when specific tests were asked for.  Both passes run and report even
+# when the first fails; the script fails if either did.
+for arg in "$@"; do case "$arg" in -*) ;; *) exit "$first" ;; esac; done
 peers_bin="$(bash tools/fetch-peers.sh)"
-PATH="$peers_bin:$PATH" exec .venv/bin/python -m pytest "$@" tests/test_e2e.py tests/test_alerting.py \
+second=0
+PATH="$peers_bin:$PATH" .venv/bin/python -m pytest "$@" tests/test_e2e.py tests/test_alerting.py \
   tests/test_dashboards.py tests/test_alert_truth.py tests/test_documented_paths.py tests/test_latency_buckets.py \
-  tests/test_sharding.py tests/test_distributed.py
+  tests/test_sharding.py tests/test_distributed.py || second=$?
+if [ "$first" != 0 ] || [ "$second" != 0 ]; then
+  echo "tests/run.sh: first pass exit $first, second pass (Prometheus 3.5, Alertmanager 0.33) exit $second" >&2
+  exit 1
+fi
