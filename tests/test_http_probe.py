@@ -174,3 +174,57 @@ targets:
     text = "".join(render_result(t, r).values())
     assert 'stackwatch_probe_success{target="web",kind="http",env="prod",team="pam"} 1\n' in text
     assert "127.0.0.1" not in text  # no URL in any label
+
+
+def test_redirect_rules():
+    """Where a redirect goes and what goes with it (the project's own loop, no private httpx API)."""
+    import httpx
+    from stackwatch.probes.base import ProbeFailure
+    from stackwatch.probes.httpclient import next_hop
+
+    base = httpx.URL("http://api.example:8080/v1/login?x=1")
+    hdrs = [("Authorization", "Bearer t0k"), ("X-Api-Key", "k3y"), ("Content-Type", "application/json"),
+            ("Accept", "*/*")]
+    # relative Location, same origin: everything kept; 307 keeps method and body
+    url, method, headers, body = next_hop(307, base, "/v2/login#frag", "POST", hdrs, b"{}")
+    assert (str(url), method, body) == ("http://api.example:8080/v2/login", "POST", b"{}")
+    assert headers == hdrs
+    # 303 and 301/302 after a POST become a GET without a body or its Content-Type
+    for status in (301, 302, 303):
+        _, method, headers, body = next_hop(status, base, "/done", "POST", hdrs, b"{}")
+        assert (method, body) == ("GET", None) and ("Content-Type", "application/json") not in headers
+    assert next_hop(303, base, "/x", "HEAD", hdrs, None)[1] == "HEAD"
+    assert next_hop(302, base, "/x", "PUT", hdrs, b"1")[1:4:2] == ("PUT", b"1")
+    # leaving the origin drops credentials; an upgrade to https on the same host does not
+    _, _, headers, _ = next_hop(302, base, "https://elsewhere.example/", "GET", hdrs, None)
+    assert [n for n, _ in headers] == ["Content-Type", "Accept"]
+    _, _, headers, _ = next_hop(302, base, "http://api.example:9090/", "GET", hdrs, None)
+    assert "Authorization" not in dict(headers)
+    _, _, headers, _ = next_hop(301, httpx.URL("http://api.example/"), "https://api.example/", "GET", hdrs, None)
+    assert headers == hdrs
+    # only http and https
+    for bad in ("ftp://files.example/x", "javascript:alert(1)", "file:///etc/passwd"):
+        with pytest.raises(ProbeFailure) as info:
+            next_hop(302, base, bad, "GET", hdrs, None)
+        assert info.value.reason.value == "http_status" and "only http and https" in info.value.message
+
+
+async def test_a_redirect_loop_fails_with_too_many_redirects(tmp_path):
+    """A server that redirects to itself: the probe stops after 10 hops, for plain and keep-alive targets."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("hostile_remote.py"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = json.loads(proc.stdout.readline())["redirect"]
+        for extra in ({}, {"keep_alive": "true"}):
+            t = target(None, url=f"http://127.0.0.1:{port}/loop", timeout="3s", **extra)
+            r = await probe(t)
+            assert (r.success, r.reason.value) == (False, "http_status"), r.message
+            assert r.message == "too many redirects (more than 10)"
+    finally:
+        proc.stdin.close()
+        proc.wait(10)

@@ -2,18 +2,18 @@
 
 Why the client is set up this way (measured, see bench/RESULTS.md):
 
-* One shared ``AsyncClient`` per TLS setting, held by the kind's :class:`HTTPClients` state:
-  building an SSL context per probe costs ~19 CPU-ms.
-* Fresh connection per probe by default (``max_keepalive_connections=0``), as
-  blackbox_exporter does, so a dead listener or a failing handshake is seen, and
-  ``Connection: close`` so TIME_WAIT lands on the target.
+* One SSL context per TLS setting, held by the kind's :class:`HTTPClients` state: building one
+  per probe costs ~19 CPU-ms.
+* Fresh connection per probe by default, as blackbox_exporter does, so a dead listener or a
+  failing handshake is seen, and ``Connection: close`` so TIME_WAIT lands on the target.
 * A probe without keep-alive does not go through httpx at all: its request bytes are built once
   per target (:meth:`HTTPRequest.wire`) and sent by :func:`stackwatch.probes.http1.request`, one
   asyncio Protocol whose response is parsed by httptools (llhttp).  httpx's client layer (request
   and header objects, auth and redirect generators, decoders) cost ~0.3 CPU-ms per probe, most of
   a probe's cost (bench/RESULTS.md).
-* httpx takes over only for what needs it: a redirect to follow (from the first hop's answer on;
-  hops again go through http1, by :class:`H1Transport`) and keep-alive targets.
+* Redirects are followed by the project's own loop (:func:`next_hop`: method changes, origin
+  checks, at most MAX_REDIRECTS), each hop one http1 exchange; only httpx's public API is used.
+* httpx is used only for keep-alive targets (its redirect following off; the same loop decides).
 * Opt-in keep-alive uses httpx's own pooled transport, small (16), behind a semaphore of the
   same size, so requests never queue inside the pool.
 * ``sniffio`` is a dependency although nothing imports it directly: without it httpcore (used for
@@ -247,16 +247,7 @@ class _NoCookies(httpx.Cookies):
 
 
 class ProbeClient(httpx.AsyncClient):
-    def _redirect_headers(self, request: httpx.Request, url: httpx.URL, method: str) -> httpx.Headers:
-        # httpx drops Authorization when a redirect leaves the origin; drop every header with a
-        # secret's name too (X-Api-Key, Cookie, ...), so a redirect cannot carry a key elsewhere.
-        headers = super()._redirect_headers(request, url, method)
-        old = request.url
-        upgrade = url.host == old.host and old.scheme == "http" and url.scheme == "https"
-        if (url.scheme, url.host, url.port) != (old.scheme, old.host, old.port) and not upgrade:
-            for name in [n for n in headers if is_secret_name(n)]:
-                del headers[name]
-        return headers
+    """The keep-alive targets' client: no cookie jar (probes are independent)."""
 
     @property  # type: ignore[override]
     def cookies(self) -> httpx.Cookies:
@@ -289,17 +280,15 @@ class HTTPClients(KindState):
         return ctx
 
     def client_for(self, req: HTTPRequest) -> _Client:
+        """The pooled client of a keep-alive target's TLS settings."""
         key = (req.tls_config.key(), req.keep_alive)
         c = self._clients.get(key)
         if c is None or c.client.is_closed:
             ctx = self.ssl_context(req.tls_config)
-            if req.keep_alive:
-                limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
-                client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False,
-                                     headers={"User-Agent": USER_AGENT})
-            else:
-                client = ProbeClient(transport=H1Transport(ctx), trust_env=False, headers={"User-Agent": USER_AGENT})
-            c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL) if req.keep_alive else None)
+            limits = httpx.Limits(max_connections=KEEPALIVE_POOL, max_keepalive_connections=KEEPALIVE_POOL)
+            client = ProbeClient(verify=ctx, limits=limits, trust_env=False, http2=False,
+                                 headers={"User-Agent": USER_AGENT})
+            c = _Client(client, asyncio.Semaphore(KEEPALIVE_POOL))
             self._clients[key] = c
         return c
 
@@ -444,33 +433,6 @@ def request_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class H1Transport(httpx.AsyncBaseTransport):
-    """httpx's transport for redirect hops: each hop is one :func:`http1.request`, as a first
-    request is.  The body limit and deadline come in the request's extensions."""
-
-    def __init__(self, ssl_context: ssl.SSLContext):
-        self._ssl = ssl_context
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        https = url.scheme == "https"
-        body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
-        payload = request_bytes(request.method, url, request.headers.raw, body)
-        ext = request.extensions
-        limit = ext.get("stackwatch.body_limit", 1024 * 1024)
-        ex = await http1.request(
-            url.host, url.port or (443 if https else 80), payload,
-            deadline=ext["stackwatch.deadline"], body_limit=limit, head_request=request.method == "HEAD",
-            ssl_context=self._ssl if https else None, server_hostname=ext.get("sni_hostname"))
-        phases = ext.get("trace")
-        if isinstance(phases, Phases):
-            phases.add(ex)
-        content = http1.decode(ex.body, ex.header(b"content-encoding"), limit)
-        headers = [(n, v) for n, v in ex.headers if n.lower() != b"content-encoding"]
-        return httpx.Response(ex.status, headers=headers, stream=httpx.ByteStream(content),
-                              extensions={"http_version": b"HTTP/1.1", "reason_phrase": ex.reason})
-
-
 async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
     """Send the request within the context's deadline; raise ProbeFailure with a reason on any failure.
 
@@ -496,34 +458,65 @@ async def fetch(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Re
     return Response(ex.status, body, 0, "HTTP/1.1", phases, ex.t_done - ex.t_start)
 
 
+MAX_REDIRECTS = 10
+"""Hops followed before a probe fails with "too many redirects" (blackbox_exporter's limit)."""
+
+
+def next_hop(status: int, url: httpx.URL, location: str, method: str, headers: list[tuple[str, str]],
+             body: bytes | None) -> tuple[httpx.URL, str, list[tuple[str, str]], bytes | None]:
+    """Where a redirect goes and what is sent there, by the rules browsers and HTTP clients follow:
+    the Location resolved against the URL answered (fragment dropped), http and https only;
+    303, and 301/302 after a POST, become a GET without a body; 307/308 keep method and body.
+    Leaving the origin (other scheme, host or port, except http -> https on the same host) drops
+    Authorization and every header with a secret's name (X-Api-Key, Cookie, ...), so a redirect
+    cannot carry a credential elsewhere."""
+    try:
+        nxt = url.join(location.strip())
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise ProbeFailure(Reason.HTTP_STATUS, f"cannot follow the redirect: invalid Location ({exc})") from None
+    if nxt.scheme not in ("http", "https") or not nxt.host:
+        raise ProbeFailure(Reason.HTTP_STATUS, f"cannot follow the redirect to {redact_url(str(nxt))[:200]}: "
+                                               "only http and https URLs are followed")
+    if nxt.fragment:
+        nxt = nxt.copy_with(fragment=None)
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        method, body = "GET", None
+        headers = [(n, v) for n, v in headers if n.lower() not in ("content-type", "content-length")]
+    same_origin = (nxt.scheme, nxt.host, nxt.port) == (url.scheme, url.host, url.port)
+    upgrade = nxt.host == url.host and url.scheme == "http" and nxt.scheme == "https"
+    if not same_origin and not upgrade:
+        headers = [(n, v) for n, v in headers if n.lower() != "authorization" and not is_secret_name(n)]
+    return nxt, method, headers, body
+
+
 async def _follow(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients, w: Wire, first: http1.Exchange,
                   phases: Phases) -> Response:
-    """The rest of a redirect chain, through httpx (which knows the rules: method changes,
-    origin checks, limits), its hops sent by :class:`H1Transport`."""
-    client = clients.client_for(req).client
-    extensions: dict[str, Any] = {"trace": phases, "stackwatch.deadline": ctx.deadline,
-                                  "stackwatch.body_limit": req.body_size_limit}
-    if req.tls_config.server_name:
-        extensions["sni_hostname"] = req.tls_config.server_name
-    request = client.build_request(req.method, req.parsed_url(), headers=list(w.headers), content=req.body,
-                                   extensions=extensions)
-    answer = httpx.Response(first.status, headers=first.headers, request=request)
+    """The rest of a redirect chain, each hop one :func:`http1.request` on a fresh connection,
+    as the first request was, within the probe's deadline."""
+    url, method = req.parsed_url(), req.method
+    headers = list(w.headers)
+    body = req.body.encode() if req.body is not None else None
+    ex, hops = first, 0
+    while req.follow_redirects and ex.status in REDIRECT_STATUS and ex.header(b"location"):
+        if hops >= MAX_REDIRECTS:
+            raise ProbeFailure(Reason.HTTP_STATUS, f"too many redirects (more than {MAX_REDIRECTS})")
+        location = ex.header(b"location") or b""
+        url, method, headers, body = next_hop(ex.status, url, location.decode("latin-1"), method, headers, body)
+        if ctx.verbose:
+            ctx.log(f"HTTP {ex.status} {ex.reason.decode('latin-1')}: following the redirect to {redact_url(str(url))}")
+        https = url.scheme == "https"
+        payload = request_bytes(method, url, [(n.encode(), v.encode()) for n, v in headers], body or b"")
+        ex = await http1.request(
+            url.host, url.port or (443 if https else 80), payload, deadline=ctx.deadline,
+            body_limit=req.body_size_limit, head_request=method == "HEAD",
+            ssl_context=clients.ssl_context(req.tls_config) if https else None,
+            server_hostname=req.tls_config.server_name)
+        phases.add(ex)
+        hops += 1
+    content = http1.decode(ex.body, ex.header(b"content-encoding"), req.body_size_limit)
     if ctx.verbose:
-        ctx.log(f"HTTP {first.status} {first.reason.decode('latin-1')}: following the redirect")
-    try:
-        nxt = client._build_redirect_request(request, answer)
-        resp = await client.send(nxt, follow_redirects=True)
-    except httpx.TooManyRedirects:
-        raise ProbeFailure(Reason.HTTP_STATUS, "too many redirects") from None
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.RemoteProtocolError) as exc:
-        raise ProbeFailure(Reason.HTTP_STATUS, f"cannot follow the redirect: {exc}") from None
-    if ctx.verbose:
-        ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history) + 1} redirect(s), "
-                f"{len(resp.content)} body bytes")
-    out = Response(resp.status_code, resp.content, len(resp.history) + 1, "HTTP/1.1", phases,
-                   time.monotonic() - first.t_start)
-    _unlink(resp)
-    return out
+        ctx.log(f"HTTP {ex.status} {ex.reason.decode('latin-1')} after {hops} redirect(s), {len(content)} body bytes")
+    return Response(ex.status, content, hops, "HTTP/1.1", phases, ex.t_done - first.t_start)
 
 
 _EMPTY = httpx.ByteStream(b"")
@@ -532,50 +525,59 @@ _EMPTY = httpx.ByteStream(b"")
 def _unlink(resp: httpx.Response) -> None:
     """Break httpx's response <-> stream cycle once the body is read, so that reference
     counting frees the exchange at once (see Exchange.release)."""
-    for r in (resp, *resp.history):
-        r.stream = _EMPTY
+    resp.stream = _EMPTY
 
 
 async def _fetch_httpx(req: HTTPRequest, ctx: ProbeContext, clients: HTTPClients) -> Response:
-    """A keep-alive target: httpx's own pooled transport."""
+    """A keep-alive target: httpx's own pooled transport; redirects followed by :func:`next_hop`
+    as for the other targets (httpx's own following is off)."""
     c = clients.client_for(req)
     phases = Phases()
-    headers = dict(req.wire().headers)
+    url, method = req.parsed_url(), req.method
+    headers = list(req.wire().headers)
+    body = req.body.encode() if req.body is not None else None
     extensions: dict[str, Any] = {"trace": phases}
     if req.tls_config.server_name:
         extensions["sni_hostname"] = req.tls_config.server_name
-    timeout = httpx.Timeout(max(ctx.remaining(), 0.001))
     ctx.log(f"{req.method} {redact_url(req.url)} (timeout {ctx.remaining():.3f}s, keep-alive)")
     started = time.monotonic()
+    hops = 0
+    response: Response | None = None
     assert c.gate is not None
     await c.gate.acquire()
     try:
-        async with c.client.stream(
-            req.method, req.parsed_url(), headers=headers, content=req.body,
-            follow_redirects=req.follow_redirects, timeout=timeout, extensions=extensions,
-        ) as resp:
-            ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {len(resp.history)} redirect(s)")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > req.body_size_limit:
-                raise ProbeFailure(Reason.BODY_TOO_LARGE,
-                                   f"Content-Length {declared} is over the body_size_limit of {req.body_size_limit} bytes")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > req.body_size_limit:
+        while response is None:
+            timeout = httpx.Timeout(max(ctx.remaining(), 0.001))
+            async with c.client.stream(method, url, headers=headers, content=body, follow_redirects=False,
+                                       timeout=timeout, extensions=extensions) as resp:
+                location = resp.headers.get("location")
+                if req.follow_redirects and resp.status_code in REDIRECT_STATUS and location:
+                    ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase}: following the redirect")
+                    if hops >= MAX_REDIRECTS:
+                        raise ProbeFailure(Reason.HTTP_STATUS, f"too many redirects (more than {MAX_REDIRECTS})")
+                    url, method, headers, body = next_hop(resp.status_code, url, location, method, headers, body)
+                    hops += 1
+                    continue
+                ctx.log(f"HTTP {resp.status_code} {resp.reason_phrase} after {hops} redirect(s)")
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > req.body_size_limit:
                     raise ProbeFailure(Reason.BODY_TOO_LARGE,
-                                       f"body is over the body_size_limit of {req.body_size_limit} bytes")
-                chunks.append(chunk)
-            response = Response(resp.status_code, b"".join(chunks), len(resp.history), resp.http_version, phases,
-                                time.monotonic() - started)
-        _unlink(resp)
+                                       f"Content-Length {declared} is over the body_size_limit of {req.body_size_limit} bytes")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > req.body_size_limit:
+                        raise ProbeFailure(Reason.BODY_TOO_LARGE,
+                                           f"body is over the body_size_limit of {req.body_size_limit} bytes")
+                    chunks.append(chunk)
+                response = Response(resp.status_code, b"".join(chunks), hops, resp.http_version, phases,
+                                    time.monotonic() - started)
+            _unlink(resp)
     except ProbeFailure:
         raise
     except httpx.TimeoutException as exc:
         raise ProbeFailure(Reason.TIMEOUT, f"no complete answer within the timeout ({type(exc).__name__})") from None
-    except httpx.TooManyRedirects:
-        raise ProbeFailure(Reason.HTTP_STATUS, "too many redirects") from None
     except (httpx.TransportError, OSError, ssl.SSLError) as exc:
         reason, message = _classify(exc)
         raise ProbeFailure(reason, message) from None
