@@ -29,14 +29,26 @@ def check_config(path: str) -> int:
     return 0
 
 
+SUBCOMMANDS = {
+    "check-config FILE": "check a config: exit 0 and a summary, or 1 and every located error",
+    "demo": "a simulated platform with typical failures, watched (--with-prometheus for the whole stack)",
+    "report": "the health report of a time window from Prometheus (markdown, HTML, Telegram)",
+    "bundle DIR": "write the rules, Alertmanager config, dashboards and example config",
+    "alertmanager-config": "write a runnable Alertmanager config from the bundle's",
+    "kubernetes-manifests DIR": "write the Kubernetes manifests (StatefulSet of shards, Service, ServiceMonitor, PrometheusRule)",
+}
+
+
+def _sub_parser(name: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"stackwatch {name}", description=description)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stackwatch",
         description="Prometheus exporter for HTTP services, JSON APIs, SQL databases, Algorand and consistency checks.",
-        epilog="Subcommands: stackwatch check-config FILE  (exit 0 and a summary, or 1 and every error);\n"
-               "stackwatch demo [--with-prometheus]  (a simulated platform with typical failures, watched);\n"
-               "stackwatch bundle DIR  (write the rules, Alertmanager config, dashboards and example config);\n"
-               "stackwatch alertmanager-config --out FILE --bot-token-file F [--inline-token]  (runnable config).",
+        epilog="Subcommands (each with --help):\n" + "\n".join(f"  stackwatch {name:<26} {what}"
+                                                           for name, what in SUBCOMMANDS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config.file", dest="config_file", default="stackwatch.yml", help="config file (default: %(default)s)")
@@ -207,21 +219,21 @@ def main(argv: list[str] | None = None) -> int:
 
         return demo_main(argv[1:])
     if argv and argv[0] == "bundle":
-        if len(argv) != 2:
-            print("usage: stackwatch bundle DIR", file=sys.stderr)
-            return 2
+        bp = _sub_parser("bundle", SUBCOMMANDS["bundle DIR"])
+        bp.add_argument("dir", help="the folder to write (created if missing)")
+        bargs = bp.parse_args(argv[1:])
         from stackwatch.bundle import export
 
-        files = export(Path(argv[1]))
-        print(f"wrote {len(files)} files of the monitoring bundle to {argv[1]}")
+        files = export(Path(bargs.dir))
+        print(f"wrote {len(files)} files of the monitoring bundle to {bargs.dir}")
         return 0
     if argv and argv[0] == "report":
         from stackwatch.report import main as report_main
 
         return report_main(argv[1:])
     if argv and argv[0] == "kubernetes-manifests":
-        kp = argparse.ArgumentParser(prog="stackwatch kubernetes-manifests")
-        kp.add_argument("dir")
+        kp = _sub_parser("kubernetes-manifests", SUBCOMMANDS["kubernetes-manifests DIR"])
+        kp.add_argument("dir", help="the folder to write")
         kp.add_argument("--namespace", default="monitoring")
         kp.add_argument("--replicas", type=int, default=2)
         kp.add_argument("--image", default=None)
@@ -235,10 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "alertmanager-config":
         return _alertmanager_config(argv[1:])
     if argv and argv[0] == "check-config":
-        if len(argv) != 2:
-            print("usage: stackwatch check-config FILE", file=sys.stderr)
-            return 2
-        return check_config(argv[1])
+        cp = _sub_parser("check-config", SUBCOMMANDS["check-config FILE"])
+        cp.add_argument("file", help="the config file")
+        return check_config(cp.parse_args(argv[1:]).file)
     args = _parser().parse_args(argv)
     if args.config_check:
         return check_config(args.config_file)

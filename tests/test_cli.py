@@ -1,0 +1,40 @@
+"""The command line: every subcommand answers --help with its usage, exit 0 and nothing written;
+the main help lists every subcommand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from stackwatch.cli import SUBCOMMANDS
+
+SUBS = [name.split()[0] for name in SUBCOMMANDS]
+
+
+def run(args: list[str], cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stackwatch", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd)
+
+
+def test_main_help_lists_every_subcommand(tmp_path):
+    out = run(["--help"], tmp_path)
+    assert out.returncode == 0
+    for name in SUBS:
+        assert f"stackwatch {name}" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sub", SUBS)
+def test_subcommand_help_has_no_side_effects(tmp_path, sub):
+    out = run([sub, "--help"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: stackwatch {sub}")
+    assert list(tmp_path.iterdir()) == [], "--help wrote files"  # bundle --help once wrote a folder named --help
+
+
+def test_subcommand_usage_errors_are_located(tmp_path):
+    out = run(["bundle"], tmp_path)
+    assert out.returncode == 2 and "usage: stackwatch bundle" in out.stderr and "dir" in out.stderr
+    out = run(["check-config"], tmp_path)
+    assert out.returncode == 2 and "usage: stackwatch check-config" in out.stderr
