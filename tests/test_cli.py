@@ -38,3 +38,17 @@ def test_subcommand_usage_errors_are_located(tmp_path):
     assert out.returncode == 2 and "usage: stackwatch bundle" in out.stderr and "dir" in out.stderr
     out = run(["check-config"], tmp_path)
     assert out.returncode == 2 and "usage: stackwatch check-config" in out.stderr
+
+
+def test_demo_on_a_busy_port_says_so_before_any_banner(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run(["demo", "--web.listen-address", f"127.0.0.1:{port}"], tmp_path)
+    assert out.returncode == 1
+    assert out.stdout == ""  # no URL banner for a demo that is not running
+    assert out.stderr.strip() == (f"stackwatch demo: cannot listen on 127.0.0.1:{port} (--web.listen-address): "
+                                  "Address already in use")

@@ -254,6 +254,18 @@ def _start_prometheus(workdir: Path, listen: str, platform: Platform, prom_port:
     return procs
 
 
+def _check_free(host: str, port: int, flag: str) -> None:
+    """OSError naming the flag when nothing could listen on host:port now."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} ({flag}): {exc.strerror}") from None
+
+
 async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_port: int = 9090,
               am_port: int = 9093) -> None:
     import os
@@ -262,6 +274,12 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     from stackwatch.kinds import parse_config
     from stackwatch.server import serve
 
+    host, _, port = listen.rpartition(":")
+    # Ports first: a busy one is an error before anything starts or any banner is printed.
+    _check_free(host or "0.0.0.0", int(port), "--web.listen-address")
+    if with_prometheus:
+        _check_free("127.0.0.1", prom_port, "--prometheus-port")
+        _check_free("127.0.0.1", am_port, "--alertmanager-port")
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="stackwatch-demo-")
@@ -273,7 +291,6 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     cfg_path.write_text("# Written by `stackwatch demo`.\n" + yaml.safe_dump(platform.config(), sort_keys=False))
     os.environ["DEMO_ALGOD_TOKEN"] = DEMO_ALGOD_TOKEN  # the config reads it as ${DEMO_ALGOD_TOKEN}
     config = parse_config(cfg_path.read_text(), str(cfg_path))
-    host, _, port = listen.rpartition(":")
     shown = f"{host or '127.0.0.1'}:{port}"
     print(f"stackwatch demo: {len(config.targets)} targets watching a simulated platform\n"
           f"  status page   http://{shown}/\n  metrics       http://{shown}/metrics\n"
@@ -313,6 +330,6 @@ def main(argv: list[str]) -> int:
     try:
         asyncio.run(run(args.listen, args.dir, args.with_prometheus, args.prometheus_port, args.alertmanager_port))
     except OSError as exc:
-        print(f"stackwatch demo: {exc}", file=sys.stderr)
+        print(f"stackwatch demo: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
