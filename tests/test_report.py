@@ -136,3 +136,13 @@ def test_text_the_report_did_not_write_cannot_change_its_layout():
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert page.count("<h1>") == 1 and "javascript:alert(1)" in page and 'href="javascript' not in page
     assert "api|x # Pwned" in page  # the name, shown as text
+
+
+def test_durations_and_budgets_read_as_people_write_them():
+    from stackwatch.report import _budget, human_duration
+
+    assert [human_duration(s) for s in (0.4, 45, 86.4, 240, 3599, 3600, 7800, 86400, 97200)] == [
+        "0 s", "45 s", "1 min", "4 min", "1 h", "1 h", "2 h 10 min", "1 d", "1 d 3 h"]
+    assert _budget(0.25) == "25.0 % spent, 75.0 % left"
+    assert _budget(33.333) == "exhausted (3333 % of it spent in this window)"
+    assert _budget(None) == "n/a"

@@ -260,6 +260,30 @@ def _pct(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v * 100:.{digits}f}%"
 
 
+def human_duration(seconds: float) -> str:
+    """A duration as people write it: "45 s", "4 min", "2 h 10 min", "3 d 4 h"."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _budget(spent: float | None) -> str:
+    """The share of the 30-day error budget this window spent, and what is left, capped."""
+    if spent is None:
+        return "n/a"
+    if spent >= 1:
+        return f"exhausted ({spent * 100:.0f} % of it spent in this window)"
+    return f"{spent * 100:.1f} % spent, {(1 - spent) * 100:.1f} % left"
+
+
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 1000:.0f} ms"
 
@@ -319,7 +343,7 @@ def markdown(r: Report) -> str:
         lines.append("None.")
     for i in r.incidents:
         end = _when(i.end) if i.end else "ongoing"
-        lines.append(f"- **{_md(i.target)}** down from {_when(i.start)} to {end} ({format_duration(i.duration(now))})"
+        lines.append(f"- **{_md(i.target)}** down from {_when(i.start)} to {end} ({human_duration(i.duration(now))})"
                      + (f": {_md(i.reason)}" if i.reason else ""))
     lines += ["", f"## Alerts fired ({len(r.alerts)})", ""]
     if not r.alerts:
@@ -328,10 +352,10 @@ def markdown(r: Report) -> str:
         lines.append(f"- {_md(a['alertname'])} ({_md(a['severity'])}) on {_md(a['target'])}: first {_when(a['first'])}, "
                      f"last {_when(a['last'])}")
     lines += ["", f"## Availability (SLO {SLO * 100:.1f} % over 30 days)", "",
-              "| service | availability | 30-day error budget spent in this window |", "|---|---|---|"]
+              "| service | availability | 30-day error budget |", "|---|---|---|"]
     for t in sorted(r.availability):
         mark = " (maintenance excluded)" if t in r.excluded else ""
-        lines.append(f"| {_md(t)}{mark} | {_pct(r.availability[t])} | {_pct(r.budget_spent.get(t), 1)} |")
+        lines.append(f"| {_md(t)}{mark} | {_pct(r.availability[t])} | {_budget(r.budget_spent.get(t))} |")
     if r.maintenance:
         lines += ["", "Maintenance windows (not counted as downtime):"] + [f"- {_md(m)}" for m in r.maintenance]
     lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
