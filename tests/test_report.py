@@ -139,7 +139,8 @@ def test_text_the_report_did_not_write_cannot_change_its_layout():
 
 
 def test_durations_and_budgets_read_as_people_write_them():
-    from stackwatch.report import _budget, human_duration
+    from stackwatch.durations import human_duration
+    from stackwatch.report import _budget
 
     assert [human_duration(s) for s in (0.4, 45, 86.4, 240, 3599, 3600, 7800, 86400, 97200)] == [
         "0 s", "45 s", "1 min", "4 min", "1 h", "1 h", "2 h 10 min", "1 d", "1 d 3 h"]

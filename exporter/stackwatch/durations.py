@@ -75,3 +75,18 @@ def _show(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
         return "a number of more than 18 digits"
     return repr(value)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people write it: "45 s", "4 min", "2 h 10 min", "3 d 4 h"."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    minutes = round(s / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"

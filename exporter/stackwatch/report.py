@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackwatch.durations import format_duration, parse_duration
+from stackwatch.durations import format_duration, human_duration, parse_duration
 from stackwatch.remote import Alertmanager, Limits, Prometheus, RemoteError, run_sync
 
 SLO = 0.999
@@ -258,21 +258,6 @@ def _when(ts: float) -> str:
 
 def _pct(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v * 100:.{digits}f}%"
-
-
-def human_duration(seconds: float) -> str:
-    """A duration as people write it: "45 s", "4 min", "2 h 10 min", "3 d 4 h"."""
-    s = max(0, round(seconds))
-    if s < 60:
-        return f"{s} s"
-    minutes = round(s / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def _budget(spent: float | None) -> str:

@@ -27,6 +27,7 @@ from stackwatch.app import Exporter
 from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
+from stackwatch.durations import human_duration
 from stackwatch.listener import Limits, listen as open_listener
 from stackwatch.scheduler import Busy
 from stackwatch.store import TargetState
@@ -227,6 +228,9 @@ async def status_page(request: web.Request) -> web.Response:
         status, reason, _ = sp.target_state(st, now)
         h = hist[t.name]
         last = f"{now - st.result.finished_at:.0f}s ago" if st.result else "never"
+        if st.result is not None and status in ("down", "up", "degraded"):
+            reason = (f"{'down' if status == 'down' else 'up'} since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(st.since))} "
+                      f"UTC ({human_duration(now - st.since)}). {reason}").strip()
         window = ex.config.in_maintenance(t.name, now)
         if window is not None:
             until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(window.end))

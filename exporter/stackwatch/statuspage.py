@@ -303,6 +303,7 @@ def target_json(state: TargetState, hist: Uptimes, now: float, maintenance: str 
         "name": state.target.name, "kind": state.target.kind, "labels": dict(state.target.labels),
         "state": status, "reason": reason, "failing_checks": checks,
         "last_probe": r.finished_at if r else None, "duration_seconds": r.duration if r else None,
+        "since": state.since if r else None,
         "interval_seconds": state.target.every,
         "uptime": {"24h": hist.u24h, "90d": hist.u90d}, "history_source": hist.source,
     }
@@ -323,7 +324,10 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 vertical-align:top;font-size:.9em}.state{font-weight:bold;text-transform:uppercase}
 .up .state{color:#2e7d32}.degraded .state{color:#ef8f00}.down .state,.stale .state{color:#c62828}
 .pending .state{color:#757575}.note{color:#555;font-size:.85em}.summary span{margin-right:1.2em}
-svg{display:block}.reason{max-width:32em;word-break:break-word}"""
+svg{display:block;max-width:100%}.reason{max-width:32em;word-break:break-word}
+@media (max-width:640px){body{margin:.6em}table,tbody,tr,td{display:block;width:100%}tr:first-child{display:none}
+tr{border-bottom:1px solid #ddd;padding:.5em 0}td{border:0;padding:2px 0}td svg{width:100%;height:12px}
+.reason{max-width:none}}"""
 
 
 def pct(v: float | None) -> str:
@@ -387,7 +391,7 @@ def latency_svg(points: list[tuple[float, float]], width: int = 720, height: int
 
 
 def page(title: str, body: str, refresh: int = 30) -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">'
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="{refresh}">'
             f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}"
             f'<p class="note">stackwatch {__version__} · <a href="/metrics">metrics</a> · '
             f'<a href="/api/v1/targets">JSON</a></p></body></html>')

@@ -78,6 +78,9 @@ class TargetState:
     """Probe history since start (status page without Prometheus); created with the first result."""
     group: int = 0
     """The phase group (Store.groups) the target is in."""
+    since: float = 0.0
+    """When the target's probes last went from succeeding to failing or back (Unix time; the
+    first result's time until then): "down since" on the status page."""
 
 
 class Store:
@@ -125,6 +128,7 @@ class Store:
                 state.by_reason, state.buckets, state.duration_sum = old.by_reason, old.buckets, old.duration_sum
                 state.result = old.result
                 state.history = old.history
+                state.since = old.since
             self._on_change(state, None)
             new[t.name] = state
         self.states = new
@@ -154,6 +158,8 @@ class Store:
         state = self.states.get(name)
         if state is None:  # target removed by a reload while its probe ran
             return
+        if state.result is None or state.result.success != result.success:
+            state.since = result.finished_at
         state.result = Outcome.of(result)
         if result.success:
             state.successes += 1
