@@ -173,3 +173,18 @@ def test_status_page_in_headless_chromium(servers, algod, tmp_path):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         sw.stop()
+
+
+def test_failing_checks_in_words():
+    from stackwatch.probes import algorand, consistency, http, sql  # noqa: F401 -- their families
+    from stackwatch.probes.base import check_words
+
+    assert check_words('algorand_asset_exists{asset="pam-token"}') == \
+        "asset pam-token does not exist on this network (never created, or destroyed)"
+    assert check_words('algorand_account_above_floor{account="admin"}') == "account admin is below its balance floor"
+    assert check_words('consistency_invariant_violated{source="deployed",invariant="active <= total"}') == \
+        "source deployed breaks active <= total"
+    assert check_words('http_assertion_success{assertion="$.status == \\"ok\\""}') == \
+        'the assertion $.status == "ok" does not hold'
+    assert check_words("sql_schema_ok") == "a schema expectation does not hold"
+    assert check_words('some_custom_metric{x="1"}') == 'some_custom_metric{x="1"}'  # no words: the name

@@ -29,6 +29,7 @@ from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.durations import human_duration
 from stackwatch.listener import Limits, listen as open_listener
+from stackwatch.probes.base import check_words
 from stackwatch.scheduler import Busy
 from stackwatch.store import TargetState
 from stackwatch.webconfig import authorize
@@ -276,7 +277,8 @@ async def target_page(request: web.Request) -> web.Response:
     hist, alerts = await asyncio.gather(sp.histories(ex.store, ex.remotes, [name]), _alerts(ex))
     h = hist[name]
     points = st.history.latency() if st.history is not None else []
-    checks_html = "".join(f"<li><code>{html.escape(c)}</code></li>" for c in checks)
+    checks_html = "".join(f"<li>{html.escape(check_words(c))} <code class='note'>{html.escape(c)}</code></li>"
+                          for c in checks)
     body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
             f"style='color:{sp.COLORS[status]}'>{status}</span></h1>"
             f"<p>{st.target.kind} probe every {st.target.every:g}s. {html.escape(reason)}</p>"

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from stackwatch import __version__
 from stackwatch.cooperative import Slicer
 from stackwatch.history import DAY, QUARTER, Bucket, uptime
+from stackwatch.probes.base import check_words
 from stackwatch.remote import Alert, Alertmanager, Limits, Prometheus, RemoteError, Series
 from stackwatch.store import Store, TargetState
 
@@ -290,7 +291,7 @@ def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
     elif status == "stale":
         reason = f"no probe for {now - r.finished_at:.0f}s (interval {t.every:g}s)"
     elif status == "degraded":
-        reason = "failing checks: " + ", ".join(r.failing_checks)
+        reason = "failing checks: " + "; ".join(check_words(c) for c in r.failing_checks)
     else:
         reason = ""
     return status, reason, list(r.failing_checks)

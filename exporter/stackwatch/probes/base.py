@@ -76,6 +76,8 @@ class Family:
     """For a check (asset exists, account above its floor, assertion holds...): the value that
     means the check passes.  Any other value names a failing check: a target whose probe
     succeeds with failing checks is *degraded* on the status page."""
+    failing: str = ""
+    """A failing check in words, with the sample's labels in braces: "asset {asset} does not exist"."""
 
     def __post_init__(self) -> None:
         FAMILIES.setdefault(self.name, self)
@@ -132,6 +134,23 @@ Labels = tuple[tuple[str, str], ...]
 
 
 MAX_FAILING_CHECKS = 8
+_CHECK = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?$')
+_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def check_words(check: str) -> str:
+    """A failing check (as failing_checks names it) in words, for people: "asset pam-token does
+    not exist" for ``algorand_asset_exists{asset="pam-token"}``; the name itself when its family
+    has no words."""
+    m = _CHECK.match(check)
+    fam = (FAMILIES.get("stackwatch_" + m.group(1)) or FAMILIES.get(m.group(1))) if m else None
+    if fam is None or not fam.failing:
+        return check
+    labels = {k: v.replace('\\"', '"') for k, v in _PAIR.findall(m.group(2) or "")}  # type: ignore[union-attr]
+    try:
+        return fam.failing.format(**labels)
+    except (KeyError, IndexError, ValueError):
+        return check
 
 
 def failing_checks(samples: list[tuple[Family, Any, float]]) -> tuple[str, ...]:

@@ -233,7 +233,7 @@ class ConsistencyTarget(TargetConfig):
 
 
 VALUE = Family("stackwatch_consistency_value", "gauge", "A field's value as read from one source.")
-SRC_OK = Family("stackwatch_consistency_source_success", "gauge", "1 if the source could be read in the last probe.", healthy=1)
+SRC_OK = Family("stackwatch_consistency_source_success", "gauge", "1 if the source could be read in the last probe.", healthy=1, failing="source {source} could not be read")
 SRC_REASON = Family("stackwatch_consistency_source_failure_reason", "gauge",
                     "Why a source could not be read: one series with value 1 per failing source.")
 SRC_TIME = Family("stackwatch_consistency_source_duration_seconds", "gauge", "Time to read the source.")
@@ -241,12 +241,12 @@ SRC_PRIO = Family("stackwatch_consistency_source_priority", "gauge", "The source
 SRC_SERVED = Family("stackwatch_consistency_source_served", "gauge",
                     "1 for the source the application currently serves.")
 VIOLATED = Family("stackwatch_consistency_invariant_violated", "gauge",
-                  "1 if the source's values break the invariant (an impossible count, such as active above total).", healthy=0)
+                  "1 if the source's values break the invariant (an impossible count, such as active above total).", healthy=0, failing="source {source} breaks {invariant}")
 SPREAD = Family("stackwatch_consistency_spread", "gauge", "Largest minus smallest value of a field across the sources read.")
 SPREAD_RATIO = Family("stackwatch_consistency_spread_ratio", "gauge",
                       "Spread divided by the largest absolute value of the field (0.05 = 5 % apart).")
 FIELD_AGREE = Family("stackwatch_consistency_field_agreement", "gauge",
-                     "1 if the sources agree on the field within its tolerance.", healthy=1)
+                     "1 if the sources agree on the field within its tolerance.", healthy=1, failing="the sources disagree on {field}")
 AGREE = Family("stackwatch_consistency_agreement", "gauge", "1 if the sources agree on every field.")
 CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "gauge",
                  "When the source's value of the field last changed (first seen, if never), for stuck sources (M5).")

@@ -73,7 +73,7 @@ CERT = Family("stackwatch_http_tls_cert_expiry_timestamp_seconds", "gauge",
               "Expiry of the server's leaf TLS certificate, as a Unix timestamp.")
 TLSVER = Family("stackwatch_http_tls_version_info", "gauge", "TLS version negotiated by the last request.")
 ASSERT = Family("stackwatch_http_assertion_success", "gauge",
-                "1 if the JSON assertion held on the last response body, 0 if not.", healthy=1)
+                "1 if the JSON assertion held on the last response body, 0 if not.", healthy=1, failing="the assertion {assertion} does not hold")
 INFO = Family("stackwatch_http_body_info", "gauge", "Fields of the JSON body chosen in the target's info block.")
 
 

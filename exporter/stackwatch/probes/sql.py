@@ -155,23 +155,23 @@ UP = Family("stackwatch_sql_up", "gauge", "1 if a connection and SELECT 1 succee
 CONNECT = Family("stackwatch_sql_connect_duration_seconds", "gauge", "Time to get a connection (incl. pre-ping).")
 PING = Family("stackwatch_sql_ping_duration_seconds", "gauge", "Time of SELECT 1.")
 INFO = Family("stackwatch_sql_server_info", "gauge", "Database server dialect, driver and version (value 1).")
-TABLE = Family("stackwatch_sql_schema_table_present", "gauge", "1 if an expected table exists.", healthy=1)
+TABLE = Family("stackwatch_sql_schema_table_present", "gauge", "1 if an expected table exists.", healthy=1, failing="table {table} is missing")
 COLUMN = Family("stackwatch_sql_schema_column_present", "gauge",
                 "1 if an expected column exists (with the expected type, when one is configured).")
 INDEX = Family("stackwatch_sql_schema_index_present", "gauge", "1 if an expected index exists.")
-SCHEMA_OK = Family("stackwatch_sql_schema_ok", "gauge", "1 if every configured schema expectation holds.", healthy=1)
+SCHEMA_OK = Family("stackwatch_sql_schema_ok", "gauge", "1 if every configured schema expectation holds.", healthy=1, failing="a schema expectation does not hold")
 VERSION_TABLE = Family("stackwatch_sql_migration_version_table_present", "gauge",
                        "1 if the Alembic version table exists (0: the database was never migrated).")
 REVISION = Family("stackwatch_sql_migration_revision_info", "gauge", "Alembic revision(s) the database is at (value 1).")
 HEADS = Family("stackwatch_sql_migration_heads", "gauge", "Rows in the Alembic version table (more than 1: branched heads).")
 AT_HEAD = Family("stackwatch_sql_migration_at_expected_head", "gauge",
-                 "1 if the database is at the expected Alembic head (or at exactly one head when none is configured).", healthy=1)
+                 "1 if the database is at the expected Alembic head (or at exactly one head when none is configured).", healthy=1, failing="the database is not at the expected migration")
 CONNS = Family("stackwatch_sql_server_connections", "gauge", "Client connections open on the database server.")
 MAX_CONNS = Family("stackwatch_sql_server_max_connections", "gauge",
                    "Connections ordinary users may open (PostgreSQL: max_connections minus reserved slots).")
 CONN_RATIO = Family("stackwatch_sql_server_connections_utilization_ratio", "gauge",
                     "Server connections in use divided by the usable maximum (THRESHOLDS.md D2 at 0.8).")
-QUERY_OK = Family("stackwatch_sql_query_success", "gauge", "1 if the custom query ran and its rows could be read.", healthy=1)
+QUERY_OK = Family("stackwatch_sql_query_success", "gauge", "1 if the custom query ran and its rows could be read.", healthy=1, failing="query {query} failed")
 QUERY_TIME = Family("stackwatch_sql_query_duration_seconds", "gauge", "Duration of the custom query's last run.")
 QUERY_CACHED = Family("stackwatch_sql_query_cached", "gauge",
                       "1 if the custom query's series come from an earlier run (min_interval), 0 if it ran now.")
