@@ -183,3 +183,20 @@ def test_invariant_config_errors(body, error):
       - {{name: b, file: {{path: /y.json, fields: {{total: $.t}}}}}}
 """)
     assert error in str(info.value)
+
+
+async def test_unreadable_file_sources_fail_as_file_error(tmp_path):
+    """A missing or unreadable fallback file is a file problem, not a connection one."""
+    from probing import run_probe
+
+    t = parse_config(f"""targets:
+  - name: t
+    kind: consistency
+    fields: [total]
+    sources:
+      - {{name: a, file: {{path: "{tmp_path / 'missing-a.json'}", fields: {{total: $.t}}}}}}
+      - {{name: b, file: {{path: "{tmp_path / 'missing-b.json'}", fields: {{total: $.t}}}}}}
+""").targets[0]
+    r = await run_probe(t)
+    assert (r.success, r.reason.value) == (False, "file_error"), r.message
+    assert "missing-a.json" in r.message and "No such file or directory" in r.message

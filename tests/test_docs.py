@@ -21,3 +21,12 @@ def test_documented_target_examples_load(block, tmp_path):
     text = "targets:\n" + "".join(f"  {line}\n" for line in block.splitlines())
     config = parse_config(text, env=env)
     assert config.targets
+
+
+def test_readme_lists_every_failure_reason():
+    from stackwatch.probes.base import Reason
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("Failure reasons are a fixed vocabulary")
+    paragraph = readme[start:readme.index("\n\n", start)]
+    assert [r.value for r in Reason if f"`{r.value}`" not in paragraph] == []

@@ -62,6 +62,7 @@ class Reason(StrEnum):
     EXTRACTION = "extraction"
     INVARIANT = "invariant"
     DISAGREEMENT = "disagreement"
+    FILE_ERROR = "file_error"
     INTERNAL = "internal_error"
 
 

@@ -281,7 +281,7 @@ def _read_file(spec: FileSource) -> Any:
     try:
         text = Path(spec.path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ProbeFailure(Reason.CONNECTION, f"cannot read {spec.path}: {exc.strerror}") from None
+        raise ProbeFailure(Reason.FILE_ERROR, f"cannot read {spec.path}: {exc.strerror}") from None
     fmt = spec.format if spec.format != "auto" else ("yaml" if spec.path.endswith((".yml", ".yaml")) else "json")
     try:
         return yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
