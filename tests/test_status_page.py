@@ -188,3 +188,37 @@ def test_failing_checks_in_words():
         'the assertion $.status == "ok" does not hold'
     assert check_words("sql_schema_ok") == "a schema expectation does not hold"
     assert check_words('some_custom_metric{x="1"}') == 'some_custom_metric{x="1"}'  # no words: the name
+
+
+def test_a_flapping_target_is_degraded_not_up():
+    """The state reflects the recent window, not the last probe alone: 30 % of the last 5 minutes'
+    probes failing is degraded (with the ratio) even when the last one passed."""
+    import time as _time
+
+    from stackwatch.history import History
+    from stackwatch.kinds import parse_config
+    from stackwatch.probes.base import ProbeResult
+    from stackwatch.statuspage import target_state
+    from stackwatch.store import Outcome, TargetState
+
+    t = parse_config("targets:\n  - {name: shop, kind: http, url: 'http://x/', interval: 10s}\n").targets[0]
+    now = _time.time()
+
+    def state_after(outcomes: list[bool]) -> tuple[str, str]:
+        st = TargetState(t, "")
+        st.history = History()
+        for i, ok in enumerate(outcomes):
+            at = now - (len(outcomes) - i) * 10
+            st.history.add(at, ok, 0.1)
+            r = ProbeResult(success=ok, duration=0.1)
+            r.finished_at = at
+            st.result = Outcome.of(r)
+        return target_state(st, now)[:2]
+
+    flapping = [True, True, False] * 7 + [True]  # every third probe fails, the last one passed
+    status, reason = state_after(flapping)
+    assert (status, reason) == ("degraded", "7 of the last 22 probes failed in 5 min (32 %, over 5 %)")
+    assert state_after([True] * 30) == ("up", "")
+    assert state_after([False] + [True] * 3)[0] == "up"  # too few probes in the window to judge
+    old_failures = [False] * 10 + [True] * 30  # failures older than 5 minutes no longer count
+    assert state_after(old_failures) == ("up", "")

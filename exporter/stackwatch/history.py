@@ -2,7 +2,7 @@
 
 Two rings of buckets per target: 96 quarter-hours (the 24 h bar) and 90 days (the 90-day bar),
 each bucket counting probes and successes, plus the last 120 probe durations for the latency
-chart.  Arrays of machine numbers (bucket ids and counts as 32-bit integers, quarter-hour counts
+chart (and whether each succeeded: the recent failure ratio).  Arrays of machine numbers (bucket ids and counts as 32-bit integers, quarter-hour counts
 as 16-bit ones, durations and times as 32-bit floats): about 3 KB per target
 (bench/memory.py).  It covers
 only the time since stackwatch started; with ``--prometheus.url`` the status page reads history
@@ -77,7 +77,7 @@ class Bucket:
 
 
 class History:
-    __slots__ = ("day", "quarter", "durations", "times", "_next", "_base")
+    __slots__ = ("day", "quarter", "durations", "times", "ok", "_next", "_base")
 
     LATENCY_POINTS = 120
 
@@ -87,6 +87,8 @@ class History:
         self.durations = array("f", [0.0]) * self.LATENCY_POINTS
         self.times = array("f", [0.0]) * self.LATENCY_POINTS
         """Seconds since ``_base``: a 32-bit float is exact to 2 ms within a day of it."""
+        self.ok = array("b", [0]) * self.LATENCY_POINTS
+        """1 where the probe at the same position succeeded."""
         self._next = 0
         self._base = 0.0
 
@@ -96,7 +98,7 @@ class History:
         if not self._next or at - self._base > DAY:
             self._rebase(at)
         i = self._next % self.LATENCY_POINTS
-        self.durations[i], self.times[i] = duration, at - self._base
+        self.durations[i], self.times[i], self.ok[i] = duration, at - self._base, 1 if success else 0
         self._next += 1
 
     def _rebase(self, at: float) -> None:
@@ -105,6 +107,19 @@ class History:
             for i in range(self.LATENCY_POINTS):
                 self.times[i] -= shift
         self._base = at
+
+    def recent(self, now: float, window: float) -> tuple[int, int]:
+        """(failed, probes) among the last probes that ended within ``window`` seconds of ``now``
+        (at most LATENCY_POINTS of them)."""
+        n = min(self._next, self.LATENCY_POINTS)
+        since = now - window - self._base
+        failed = probes = 0
+        for j in range(self._next - n, self._next):
+            i = j % self.LATENCY_POINTS
+            if self.times[i] >= since:
+                probes += 1
+                failed += 1 - self.ok[i]
+        return failed, probes
 
     def latency(self) -> list[tuple[float, float]]:
         """(time, seconds) of the last probes, oldest first."""

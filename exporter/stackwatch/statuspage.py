@@ -280,12 +280,29 @@ async def uptimes(store: Store, remotes: Remotes, names: list[str]) -> dict[str,
     return out
 
 
+RECENT_WINDOW = 300.0
+"""The error-rate alerts' window (5 minutes): a target failing more than RECENT_FAILURES of its
+probes in it is degraded even when its last probe passed."""
+RECENT_FAILURES = 0.05
+RECENT_MIN_PROBES = 5
+
+
 def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
-    """(state, reason, failing checks) as the page and the API show them."""
+    """(state, reason, failing checks) as the page and the API show them.
+
+    up: the last probe passed, no check fails, and at most 5 % of the last 5 minutes' probes
+    failed; degraded: the last probe passed but checks fail, or more of the recent probes
+    failed (a flapping service); down: the last probe failed; stale: no probe for three
+    intervals; pending: none yet."""
     r, t = state.result, state.target
     if r is None:
         return "pending", "", []
     status = r.state(now, t.every)
+    if status == "up" and state.history is not None:
+        failed, probes = state.history.recent(now, RECENT_WINDOW)
+        if probes >= RECENT_MIN_PROBES and failed / probes > RECENT_FAILURES:
+            return "degraded", (f"{failed} of the last {probes} probes failed in {RECENT_WINDOW / 60:.0f} min "
+                                f"({failed / probes * 100:.0f} %, over {RECENT_FAILURES * 100:.0f} %)"), []
     if status == "down":
         reason = f"{r.reason.value}: {r.message}" if r.reason else r.message
     elif status == "stale":
