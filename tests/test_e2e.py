@@ -275,14 +275,14 @@ def test_status_page_lists_every_target_with_reason(stack):
         assert f"'targets/{name}'>{name}</a></td>" in page
     assert "http_status: HTTP status 500; expected 2xx" in page
     # The chain target is reachable but its token does not exist and its admin holds 0 ALGO:
-    # degraded, with the failing checks named (not a plain "up").
+    # degraded, with the failing checks named in words (not a plain "up").
     def chain_row() -> str:
         text = http_get(sw.base + "/")[2].decode()
         return next((row for row in text.split("<tr") if ">pam-talk-chain</a></td>" in row), "")
     row = wait_until(lambda: "degraded" in chain_row() and chain_row(), 10, "the chain target degraded")
     assert "class='degraded'" in row
-    assert 'algorand_asset_exists{asset="pam-token"}' in html.unescape(row)
-    assert 'algorand_account_above_floor{account="admin"}' in html.unescape(row)
+    assert "asset pam-token does not exist on this network" in html.unescape(row)
+    assert "account admin is below its balance floor" in html.unescape(row)
 
 
 def test_reload_valid_then_invalid_then_sighup(servers, tmp_path):
