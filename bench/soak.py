@@ -160,9 +160,9 @@ def lag_buckets(m: dict[str, list[tuple[str, float]]]) -> dict[str, float]:
     return out
 
 
-def socket_states(pid: int) -> dict[str, int]:
+def own_sockets(pid: int):
+    """The columns of /proc/PID/net/tcp{,6} rows that are the process's own sockets."""
     inodes = socket_inodes(pid)
-    states: dict[str, int] = {}
     for table in ("tcp", "tcp6"):
         try:
             rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
@@ -171,8 +171,14 @@ def socket_states(pid: int) -> dict[str, int]:
         for row in rows:
             cols = row.split()
             if len(cols) > 9 and cols[9] in inodes:
-                name = TCP_STATES.get(cols[3], cols[3])
-                states[name] = states.get(name, 0) + 1
+                yield cols
+
+
+def socket_states(pid: int) -> dict[str, int]:
+    states: dict[str, int] = {}
+    for cols in own_sockets(pid):
+        name = TCP_STATES.get(cols[3], cols[3])
+        states[name] = states.get(name, 0) + 1
     return states
 
 
@@ -259,17 +265,8 @@ def socket_inodes(pid: int) -> set[str]:
 
 def pg_connections(engine, pid: int) -> int:
     """Sessions PostgreSQL has open for stackwatch's process (matched by client port)."""
-    inodes = socket_inodes(pid)
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[9] in inodes and cols[2].endswith(":1538"):  # remote port 5432
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    ports = {int(cols[1].rsplit(":", 1)[1], 16) for cols in own_sockets(pid)
+             if cols[2].endswith(":1538")}  # remote port 5432
     with engine.connect() as c:
         rows = c.exec_driver_sql("SELECT client_port FROM pg_stat_activity WHERE client_port IS NOT NULL").all()
     return sum(1 for (p,) in rows if p in ports)
