@@ -11,7 +11,10 @@ COPY alertmanager/alertmanager.yml ./alertmanager/alertmanager.yml
 COPY alertmanager/templates ./alertmanager/templates
 COPY grafana ./grafana
 COPY examples ./examples
-RUN pip install --no-cache-dir . && rm -rf /src/build
+RUN pip install --no-cache-dir . && rm -rf /src/build \
+ && mkdir -p /var/lib/stackwatch && chown stackwatch:stackwatch /var/lib/stackwatch
+# The state store (heartbeat reports, consistency last-change times) survives the container.
+VOLUME /var/lib/stackwatch
 
 USER stackwatch
 WORKDIR /tmp
@@ -19,4 +22,5 @@ EXPOSE 9938
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9938/-/healthy', timeout=2)"]
 ENTRYPOINT ["stackwatch"]
-CMD ["--config.file=/etc/stackwatch/stackwatch.yml", "--web.listen-address=:9938"]
+CMD ["--config.file=/etc/stackwatch/stackwatch.yml", "--web.listen-address=:9938", \
+     "--storage.path=/var/lib/stackwatch/stackwatch.db"]

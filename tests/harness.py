@@ -102,6 +102,9 @@ class Stackwatch(Process):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **(env or {})}
+        if not any(a.startswith("--storage.") for a in extra or []):
+            # each exporter its own state store, unless the test shares one on purpose
+            extra = [*(extra or []), "--storage.path", str(tmp / f"state-{self.port}.db")]
         super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
                           "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *(extra or [])],
                          tmp / f"stackwatch-{self.port}.log", full_env, preexec_fn)

@@ -11,14 +11,17 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from stackwatch.collector import Collector, GCPauses, SelfMetrics
 from stackwatch.config import Config, ConfigError, Problem
 from stackwatch.kinds import builtin_kinds, load_config
 from stackwatch.listener import Stats
 from stackwatch.probes.base import ProbeKind
+from stackwatch.push import Pusher
 from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
+from stackwatch.state import StateStore
 from stackwatch.remote import RemoteError
 from stackwatch.statuspage import Remotes
 from stackwatch.webconfig import BasicAuthChecker, WebConfig, check_reload, load_web_config
@@ -35,7 +38,8 @@ SWEEP_GROWTH_MIN = 20_000
 
 class Exporter:
     def __init__(self, config_path: str | Path, config: Config, kinds: Mapping[str, ProbeKind] | None = None,
-                 web_config_path: str | None = None, web: WebConfig | None = None, shard: tuple[int, int] = (0, 1)):
+                 web_config_path: str | None = None, web: WebConfig | None = None, shard: tuple[int, int] = (0, 1),
+                 store: StateStore | None = None):
         self.config_path = str(config_path)
         self.shard = shard
         """(index, count): this replica probes only the targets of its shard (Config.shard)."""
@@ -54,6 +58,13 @@ class Exporter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.kinds = dict(kinds) if kinds is not None else builtin_kinds()
         self.probers = Probers(self.kinds)
+        self.state_store = store if store is not None else StateStore.memory()
+        """What survives a restart (stackwatch.state); the exporter closes it at stop."""
+        for state in self.probers.states.values():
+            state.use_store(self.state_store)
+        heartbeats = self.probers.states.get("heartbeat")
+        self.pusher = Pusher(self.state_store, getattr(heartbeats, "remember", None))
+        self.pusher.set_checks(self._heartbeats(config))
         self.collector = Collector()
         self.store = self.collector.store
         self.scheduler: Scheduler | None = None
@@ -133,10 +144,15 @@ class Exporter:
         await self.remotes.close()
         self.collector.close()
         self.gc_pauses.remove()
+        await asyncio.to_thread(self.state_store.close)
+
+    @staticmethod
+    def _heartbeats(config: Config) -> list[Any]:
+        """Every heartbeat check of the whole config: a push may reach any replica or worker."""
+        return [t for t in config.targets if t.kind == "heartbeat"]
 
     def _load(self) -> tuple[Config, WebConfig]:
-        return (load_config(self.config_path, kinds=self.kinds, shard=self.shard),
-                load_web_config(self.web_config_path))
+        return (load_config(self.config_path, kinds=self.kinds), load_web_config(self.web_config_path))
 
     async def reload(self) -> tuple[bool, str]:
         """Load the config (and web config) files again, in a thread, so serving and probing go
@@ -146,7 +162,8 @@ class Exporter:
             self._reloading = asyncio.Lock()
         async with self._reloading:  # reloads run one at a time, in the order asked
             try:
-                new, web = await asyncio.to_thread(self._load)
+                whole, web = await asyncio.to_thread(self._load)
+                new = whole.shard(*self.shard)
                 if self.web_ssl is not None and web.tls is not None:
                     web.ssl_context(into=self.web_ssl)
                 elif (self.web_ssl is None) != (web.tls is None):
@@ -164,6 +181,7 @@ class Exporter:
             for change in changes:
                 log.warning("web config reloaded: %s", change)
             self.web = web
+            self.pusher.set_checks(self._heartbeats(whole))
             return await self.apply(new)
 
     def reload_failed(self, message: str) -> tuple[bool, str]:

@@ -19,13 +19,21 @@ from stackwatch.kinds import load_config
 DEFAULT_LISTEN = ":9938"
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, storage_path: str | None = None, storage_url: str | None = None) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
     print(config.summary())
+    if storage_path or storage_url:
+        from stackwatch.state import StateStore, StoreError
+
+        try:
+            print(StateStore.check(storage_path, storage_url))
+        except StoreError as exc:
+            print(f"stackwatch: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -69,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds a client has to send a request's head (default: %(default)s)")
     p.add_argument("--web.idle-timeout", dest="idle_timeout", type=float, default=60.0,
                    help="seconds an idle keep-alive connection stays open (default: %(default)s)")
+    p.add_argument("--storage.path", dest="storage_path", default=None,
+                   help="the state store, an SQLite file created on first start: heartbeats and what else must "
+                        "survive a restart (default: data/stackwatch.db)")
+    p.add_argument("--storage.url", dest="storage_url", default=os.environ.get("STACKWATCH_STORAGE_URL"),
+                   help="a PostgreSQL URL for the state store instead (postgresql+psycopg://user@host/db), shared "
+                        "by replicas; default $STACKWATCH_STORAGE_URL.  Give the password in PGPASSWORD or ~/.pgpass")
     p.add_argument("--prometheus.url", dest="prometheus_url", default=None,
                    help="Prometheus to read the status page's history from (default: memory since start)")
     p.add_argument("--alertmanager.url", dest="alertmanager_url", default=None,
@@ -107,6 +121,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         out.append("--web.config.allow-no-auth")
     if args.enable_lifecycle:
         out.append("--web.enable-lifecycle")
+    if args.storage_path:
+        out += ["--storage.path", args.storage_path]  # the workers share the file (one writer at a time)
     if args.prometheus_url:
         out += ["--prometheus.url", args.prometheus_url]
     if args.alertmanager_url:
@@ -129,7 +145,9 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
-    check = subprocess.run([sys.executable, "-m", "stackwatch", "check-config", args.config_file],
+    storage = ["--storage.url", args.storage_url] if args.storage_url else [
+        "--storage.path", args.storage_path or "data/stackwatch.db"]
+    check = subprocess.run([sys.executable, "-m", "stackwatch", "check-config", args.config_file, *storage],
                            stdout=subprocess.DEVNULL)
     if check.returncode != 0:
         return 1  # check-config printed the located errors
@@ -138,6 +156,8 @@ def _supervise(args: argparse.Namespace, workers: int) -> int:
                                                                    "STACKWATCH_SHARD_COUNT")}
     os.environ.clear()
     os.environ.update(env_clean)  # the workers are single processes with their own shard
+    if args.storage_url:
+        os.environ["STACKWATCH_STORAGE_URL"] = args.storage_url  # not in the workers' command lines
     try:
         limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                         idle_timeout=max(0.5, args.idle_timeout))
@@ -249,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "check-config":
         cp = _sub_parser("check-config", SUBCOMMANDS["check-config FILE"])
         cp.add_argument("file", help="the config file")
-        return check_config(cp.parse_args(argv[1:]).file)
+        cp.add_argument("--storage.path", dest="storage_path", default=None,
+                        help="also check this state store file (read only)")
+        cp.add_argument("--storage.url", dest="storage_url", default=None, help="also check this state store database")
+        cargs = cp.parse_args(argv[1:])
+        return check_config(cargs.file, cargs.storage_path, cargs.storage_url)
     args = _parser().parse_args(argv)
     if args.config_check:
         return check_config(args.config_file)
@@ -285,14 +309,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _supervise(args, workers)
     try:
-        config = load_config(args.config_file, shard=shard)  # only this shard's targets are kept
+        config = load_config(args.config_file)  # the exporter keeps its shard's targets
         web = load_web_config(args.web_config)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    from stackwatch.state import StateStore, StoreError
+
+    try:
+        store = StateStore.open(args.storage_path, args.storage_url)
+    except StoreError as exc:
+        print(f"stackwatch: {exc}", file=sys.stderr)
+        return 1
     limits = Limits(max_connections=max(1, args.max_connections), header_timeout=max(0.5, args.header_timeout),
                     idle_timeout=max(0.5, args.idle_timeout))
-    exporter = Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard)
+    exporter = Exporter(args.config_file, config, web_config_path=args.web_config, web=web, shard=shard, store=store)
     exporter.allow_no_auth = args.allow_no_auth
     del config  # the exporter holds what it probes
     exporter.remotes.prometheus = args.prometheus_url

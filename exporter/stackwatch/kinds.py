@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from stackwatch import config as _config
-from stackwatch.probes import algorand, consistency, http, jsonapi, sql
+from stackwatch.probes import algorand, consistency, heartbeat, http, jsonapi, sql
 from stackwatch.probes.base import ProbeKind
 
-BUILTIN: tuple[ProbeKind, ...] = (http.KIND, jsonapi.KIND, sql.KIND, algorand.KIND, consistency.KIND)
+BUILTIN: tuple[ProbeKind, ...] = (http.KIND, jsonapi.KIND, sql.KIND, algorand.KIND, consistency.KIND, heartbeat.KIND)
 
 
 def builtin_kinds() -> dict[str, ProbeKind]:

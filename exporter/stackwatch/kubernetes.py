@@ -52,7 +52,11 @@ def workload(namespace: str, replicas: int, image: str, config_text: str) -> lis
                      "containers": [{
                          "name": NAME, "image": image,
                          "args": ["--config.file=/etc/stackwatch/stackwatch.yml", f"--web.listen-address=:{PORT}",
-                                  "--shard.index=hostname", f"--shard.count={replicas}", "--log.format=json"],
+                                  "--shard.index=hostname", f"--shard.count={replicas}", "--log.format=json",
+                                  # each replica's own state (consistency last-change times) on its
+                                  # volume; heartbeats pushed to any replica need one shared store:
+                                  # set STACKWATCH_STORAGE_URL to a PostgreSQL database instead
+                                  "--storage.path=/var/lib/stackwatch/stackwatch.db"],
                          "ports": [{"name": "web", "containerPort": PORT, "protocol": "TCP"}],
                          "readinessProbe": {**probe, "httpGet": {"path": "/-/ready", "port": "web"}},
                          "livenessProbe": probe,
@@ -61,12 +65,17 @@ def workload(namespace: str, replicas: int, image: str, config_text: str) -> lis
                          "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                              "capabilities": {"drop": ["ALL"]}},
                          "volumeMounts": [{"name": "config", "mountPath": "/etc/stackwatch", "readOnly": True},
-                                          {"name": "tmp", "mountPath": "/tmp"}],
+                                          {"name": "tmp", "mountPath": "/tmp"},
+                                          {"name": "state", "mountPath": "/var/lib/stackwatch"}],
                      }],
                      "volumes": [{"name": "config", "configMap": {"name": f"{NAME}-config"}},
                                  {"name": "tmp", "emptyDir": {}}],
                  },
              },
+             "volumeClaimTemplates": [{
+                 "metadata": {"name": "state", "labels": dict(LABELS)},
+                 "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+             }],
          }},
     ]
 

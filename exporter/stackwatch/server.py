@@ -29,7 +29,9 @@ from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.durations import human_duration
 from stackwatch.listener import Limits, listen as open_listener
+from stackwatch.probes import heartbeat
 from stackwatch.probes.base import check_words
+from stackwatch.push import routes as push_routes
 from stackwatch.scheduler import Busy
 from stackwatch.store import TargetState
 from stackwatch.webconfig import authorize
@@ -232,6 +234,8 @@ async def status_page(request: web.Request) -> web.Response:
         if st.result is not None and status in ("down", "up", "degraded"):
             reason = (f"{'down' if status == 'down' else 'up'} since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(st.since))} "
                       f"UTC ({human_duration(now - st.since)}). {reason}").strip()
+        if t.kind == "heartbeat" and status != "pending":
+            reason = f"{reason} {_heartbeat_due(ex, t, now)}".strip()
         window = ex.config.in_maintenance(t.name, now)
         if window is not None:
             until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(window.end))
@@ -283,12 +287,32 @@ async def target_page(request: web.Request) -> web.Response:
             f"style='color:{sp.COLORS[status]}'>{status}</span></h1>"
             f"<p>{st.target.kind} probe every {st.target.every:g}s. {html.escape(reason)}</p>"
             + (f"<h2>Failing checks</h2><ul>{checks_html}</ul>" if checks else "")
+            + _heartbeat_html(ex, st.target, now)
             + f"<h2>Uptime</h2><p>24h {sp.pct(h.uptime_24h)} · 90d {sp.pct(h.uptime_90d)} "
             f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
             f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
             f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"
             f"{sp.alerts_html(alerts, name)}")
     return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
+
+
+def _heartbeat_row(ex: Exporter, name: str) -> Any:
+    state = ex.probers.states.get("heartbeat")
+    return getattr(state, "rows", {}).get(name)
+
+
+def _heartbeat_due(ex: Exporter, t: Any, now: float) -> str:
+    row = _heartbeat_row(ex, t.name)
+    return heartbeat.due_words(t, row, now) + "." if row is not None else ""
+
+
+def _heartbeat_html(ex: Exporter, t: Any, now: float) -> str:
+    """A heartbeat's job in words on its page: schedule, when due, last runs, its message."""
+    row = _heartbeat_row(ex, t.name) if t.kind == "heartbeat" else None
+    if row is None:
+        return ""
+    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in heartbeat.details(t, row, now))
+    return f"<h2>Job</h2><table>{items}</table>"
 
 
 API_PAGE = 500
@@ -365,7 +389,9 @@ OPEN_PATHS = frozenset({"/-/healthy"})
 async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     ex = request.app[EXPORTER]
     webcfg = ex.web
-    if webcfg.auth_required and request.path not in OPEN_PATHS:
+    if webcfg.auth_required and request.path not in OPEN_PATHS and not request.path.startswith("/push/"):
+        # /push/ has its own credentials (each heartbeat's token, stackwatch.push): a scrape
+        # password does not allow pushing, and a push token allows nothing else.
         refused = await authorize(ex.auth, webcfg, request.headers.get("Authorization"))
         if refused is not None:
             status, headers, text = refused
@@ -395,6 +421,7 @@ def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
     app.router.add_get("/targets/{name}", target_page)
     app.router.add_get("/api/v1/targets", api_targets)
     app.router.add_get("/api/v1/targets/{name}/history", api_history)
+    push_routes(app, ex.pusher.handle)
     return app
 
 

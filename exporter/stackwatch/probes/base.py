@@ -63,6 +63,9 @@ class Reason(StrEnum):
     INVARIANT = "invariant"
     DISAGREEMENT = "disagreement"
     FILE_ERROR = "file_error"
+    MISSED = "missed"
+    FAILED = "failed"
+    RUNNING_TOO_LONG = "running_too_long"
     INTERNAL = "internal_error"
 
 
@@ -219,6 +222,10 @@ class KindState:
 
     async def close(self) -> None:
         """Called once at shutdown: close clients, dispose engines, stop pools."""
+
+    def use_store(self, store: Any) -> None:
+        """Called once before the first reload with the exporter's durable state store
+        (stackwatch.state.StateStore), for kinds whose state must survive a restart."""
 
 
 class ProbeContext:

@@ -253,6 +253,10 @@ CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "
 
 
 
+STORE_NAMESPACE = "consistency.last_change"
+KEY_SEP = "\x1f"
+
+
 class ConsistencyState(KindState):
     """The kind's HTTP clients, SQL engines and thread pool, and each value's last change."""
 
@@ -261,12 +265,29 @@ class ConsistencyState(KindState):
         self.engines = sqldb.Engines()
         self.runner = BlockingRunner("consistency-sql")
         self.history: dict[tuple[str, str, str], tuple[float, float]] = {}
-        """(target, source, field) -> (last value, unix time it last changed)"""
+        """(target, source, field) -> (last value, unix time it last changed), kept in the state
+        store too: a restart must not make a source that is stuck look freshly changed."""
+        self.store: Any = None
+
+    def use_store(self, store: Any) -> None:
+        self.store = store
+        for key, value in store.values(STORE_NAMESPACE).items():
+            parts = tuple(key.split(KEY_SEP))
+            if len(parts) == 3 and isinstance(value, list) and len(value) == 2:
+                self.history[parts] = (float(value[0]), float(value[1]))  # type: ignore[index]
+
+    def changed(self, key: tuple[str, str, str], value: float, at: float) -> None:
+        self.history[key] = (value, at)
+        if self.store is not None:
+            self.store.put_values(STORE_NAMESPACE, {KEY_SEP.join(key): [value, at]})
 
     def reload(self, targets: list[Any]) -> None:
         alive = {(t.name, s.name, f) for t in targets for s in t.sources for f in t.fields}
-        for key in [k for k in self.history if k not in alive]:
+        gone = [k for k in self.history if k not in alive]
+        for key in gone:
             del self.history[key]
+        if self.store is not None and gone:
+            self.store.delete_values(STORE_NAMESPACE, [KEY_SEP.join(k) for k in gone])
         self.engines.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
 
     async def close(self) -> None:
@@ -383,7 +404,7 @@ async def probe_consistency(t: ConsistencyTarget, ctx: ProbeContext) -> ProbeRes
             key = (t.name, s.name, field)
             last = history.get(key)
             if last is None or last[0] != v:
-                history[key] = (v, now)
+                ctx.state.changed(key, v, now)
             ctx.sample(CHANGED, history[key][1], source=s.name, field=field)
     for s in t.sources:
         ctx.sample(SRC_SERVED, 1 if s.name in served_names else 0, source=s.name)
