@@ -92,12 +92,16 @@ BOTTOM = ("stackwatch.durations", "stackwatch.redact", "stackwatch.exposition", 
           "stackwatch.cooperative", "stackwatch.buckets")
 ABOVE_PROBES = ("stackwatch.kinds", "stackwatch.runner", "stackwatch.scheduler", "stackwatch.store",
                 "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
-                "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition")
-KIND_MODULES = tuple(f"stackwatch.probes.{k}" for k in ("http", "jsonapi", "sql", "algorand", "consistency"))
+                "stackwatch.demo", "stackwatch.bundle", "stackwatch.exposition", "stackwatch.push")
+KIND_MODULES = tuple(f"stackwatch.probes.{k}" for k in ("http", "jsonapi", "sql", "algorand", "consistency",
+                                                       "heartbeat"))
 RULES = [
     (BOTTOM, ("stackwatch.config", "stackwatch.probes", "stackwatch.webconfig", "stackwatch.listener",
               *ABOVE_PROBES)),
     (("stackwatch.webconfig", "stackwatch.listener"), ("stackwatch.probes", *ABOVE_PROBES)),
+    (("stackwatch.state",), ("stackwatch.config", "stackwatch.probes", "stackwatch.webconfig", *ABOVE_PROBES)),
+    (("stackwatch.push",), ("stackwatch.app", "stackwatch.server", "stackwatch.cli", "stackwatch.store",
+                            "stackwatch.collector", "stackwatch.scheduler")),
     (("stackwatch.config",), ("stackwatch.probes", *ABOVE_PROBES)),
     (("stackwatch.probes",), ABOVE_PROBES),
     (("stackwatch.probes.base",), ("stackwatch.probes.",)),

@@ -425,3 +425,45 @@ def test_two_replicas_sharing_postgresql_export_each_heartbeat_once(servers, tmp
     finally:
         for sw in replicas:
             sw.stop()
+
+
+def test_status_history_without_prometheus_survives_restarts_and_kill_9(servers, tmp_path):
+    cfg = write_config(tmp_path, servers, f"""  - {{name: broken, kind: http, url: "{servers.url('/status/500')}"}}""")
+    store = ["--storage.path", str(tmp_path / "state.db")]
+
+    def probes(sw: Stackwatch, name: str) -> tuple[int, float | None]:
+        doc = json.loads(http_get(f"{sw.base}/api/v1/targets/{name}/history?range=24h")[2])
+        return sum(b["probes"] for b in doc["buckets"]), doc["uptime"]
+
+    sw = Stackwatch(cfg, tmp_path, extra=store)
+    try:
+        wait_until(lambda: probes(sw, "broken")[0] >= 4 and probes(sw, "healthy")[0] >= 4, 15, "a few probes")
+        sw.stop()  # SIGTERM: the history is saved on the way out
+    finally:
+        sw.stop()
+    first = Stackwatch(cfg, tmp_path, extra=store)
+    try:
+        seen = probes(first, "broken")
+        assert seen[0] >= 4 and seen[1] == 0.0, seen  # the probes before the restart, all failed
+        assert probes(first, "healthy")[0] >= 4 and probes(first, "healthy")[1] == 1.0
+    finally:
+        first.proc.kill()  # no clean stop: only the periodic save counts
+        first.proc.wait(10)
+        first.stop()
+    saved_every = {"STACKWATCH_HISTORY_SAVE_EVERY": "1"}
+    second = Stackwatch(cfg, tmp_path, env=saved_every, extra=store)
+    try:
+        start = probes(second, "healthy")[0]
+        wait_until(lambda: probes(second, "healthy")[0] >= start + 4, 15, "more probes")
+        time.sleep(1.5)  # one periodic save after them
+        counted = probes(second, "healthy")[0]
+        second.proc.kill()
+        second.proc.wait(10)
+    finally:
+        second.stop()
+    third = Stackwatch(cfg, tmp_path, extra=store)
+    try:
+        assert probes(third, "healthy")[0] >= counted - 10  # at most the probes since the last save are lost
+        assert probes(third, "healthy")[0] > start
+    finally:
+        third.stop()

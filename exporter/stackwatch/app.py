@@ -15,6 +15,8 @@ from typing import Any
 
 from stackwatch.collector import Collector, GCPauses, SelfMetrics
 from stackwatch.config import Config, ConfigError, Problem
+from stackwatch.cooperative import Slicer
+from stackwatch.history import History
 from stackwatch.kinds import builtin_kinds, load_config
 from stackwatch.listener import Stats
 from stackwatch.probes.base import ProbeKind
@@ -32,6 +34,8 @@ FREEZE_EVERY = float(os.environ.get("STACKWATCH_GC_FREEZE_EVERY", "5"))
 SWEEP_EVERY = 3600.0
 SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.001"))
 SILENCE_EVERY = float(os.environ.get("STACKWATCH_SILENCE_SYNC_EVERY", "60"))
+HISTORY_EVERY = float(os.environ.get("STACKWATCH_HISTORY_SAVE_EVERY", "300"))
+HISTORY_NAMESPACE = "history"
 SWEEP_GROWTH = 0.1
 SWEEP_GROWTH_MIN = 20_000
 
@@ -74,6 +78,8 @@ class Exporter:
         """Objects frozen after the last full sweep (or load); growth past it triggers a sweep."""
         self.gc_sweeps = 0
         self._silence_task: asyncio.Task[None] | None = None
+        self._history_task: asyncio.Task[None] | None = None
+        self._history_saved: set[str] = set()
         self._silence_kick: asyncio.Event | None = None
         self.silence_sync_ok = True
         self.metrics = SelfMetrics(self)
@@ -85,6 +91,7 @@ class Exporter:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.probers.reload(self.config)
         self.store.set_targets(self.config)
+        await self._restore_history()
         self.scheduler = Scheduler(self.probers, self.store.record, self.config.scheduler)
         self.scheduler.apply(self.config)
         # Config models and imported modules live for the whole run: keep them out of the
@@ -92,6 +99,7 @@ class Exporter:
         gc.freeze()
         self.gc_pauses.install()
         self._gc_task = asyncio.create_task(self._keep_gc_short())
+        self._history_task = asyncio.create_task(self._save_history_every())
         self.ready = True
         self._silences()
         log.info("started", extra={"config": self.config_path, "targets": len(self.config.targets)})
@@ -132,7 +140,59 @@ class Exporter:
             else:
                 gc.freeze()
 
+    async def _restore_history(self) -> None:
+        """The status page's in-memory history as saved before the last stop (or crash)."""
+        try:
+            saved = await asyncio.to_thread(self.state_store.values, HISTORY_NAMESPACE)
+        except Exception as exc:  # noqa: BLE001 -- history is a convenience: start without it
+            log.warning("cannot read the saved status history", extra={"error": str(exc)})
+            return
+        restored = 0
+        for name, text in saved.items():
+            st = self.store.states.get(name)
+            if st is not None and st.history is None and isinstance(text, str):
+                st.history = History.restored(text)
+                restored += st.history is not None
+        self._history_saved = set(saved)
+        if restored:
+            log.info("status history restored", extra={"targets": restored})
+
+    async def save_history(self) -> None:
+        """Write every target's history rings to the state store (sliced: the loop keeps going)."""
+        batch: dict[str, str] = {}
+        slicer = Slicer()
+        pending = []
+        for name, st in list(self.store.states.items()):
+            if st.history is not None:
+                batch[name] = st.history.dump()
+            if len(batch) >= 500:
+                pending.append(self.state_store.put_values(HISTORY_NAMESPACE, batch))
+                batch = {}
+            await slicer.pause()
+        if batch:
+            pending.append(self.state_store.put_values(HISTORY_NAMESPACE, batch))
+        gone = self._history_saved - set(self.store.states)
+        if gone:
+            pending.append(self.state_store.delete_values(HISTORY_NAMESPACE, sorted(gone)))
+        self._history_saved = set(self.store.states)
+        for fut in pending:
+            await asyncio.wrap_future(fut)
+
+    async def _save_history_every(self) -> None:
+        while True:
+            await asyncio.sleep(HISTORY_EVERY)
+            try:
+                await self.save_history()
+            except Exception as exc:  # noqa: BLE001 -- retried at the next period
+                log.warning("cannot save the status history", extra={"error": str(exc)})
+
     async def stop(self) -> None:
+        if self._history_task is not None:
+            self._history_task.cancel()
+            try:
+                await self.save_history()
+            except Exception as exc:  # noqa: BLE001 -- shutting down anyway
+                log.warning("cannot save the status history", extra={"error": str(exc)})
         if self._gc_task is not None:
             self._gc_task.cancel()
         if self._silence_task is not None:

@@ -5,12 +5,14 @@ each bucket counting probes and successes, plus the last 120 probe durations for
 chart (and whether each succeeded: the recent failure ratio).  Arrays of machine numbers (bucket ids and counts as 32-bit integers, quarter-hour counts
 as 16-bit ones, durations and times as 32-bit floats): about 3 KB per target
 (bench/memory.py).  It covers
-only the time since stackwatch started; with ``--prometheus.url`` the status page reads history
-from Prometheus instead, which survives restarts and spans its retention.
+the time stackwatch has run: the rings are saved in the state store every few minutes and at
+shutdown, and restored at start (stackwatch.app).  With ``--prometheus.url`` the status page
+reads history from Prometheus instead, which spans its retention.
 """
 
 from __future__ import annotations
 
+import base64
 from array import array
 from dataclasses import dataclass
 
@@ -53,6 +55,24 @@ class Ring:
             out.append(Bucket(bucket * self.width, (bucket + 1) * self.width, ok / total if total else None, total))
         return out
 
+
+    def dump(self) -> bytes:
+        return self.ids.tobytes() + self.total.tobytes() + self.ok.tobytes()
+
+    def restore(self, data: bytes) -> bool:
+        """Fill from :meth:`dump`'s bytes; False (and unchanged) if they do not fit this ring."""
+        n = len(self.ids)
+        sizes = (n * self.ids.itemsize, n * self.total.itemsize, n * self.ok.itemsize)
+        if len(data) != sum(sizes):
+            return False
+        ids, total, ok = array("i"), array(self.total.typecode), array(self.ok.typecode)
+        ids.frombytes(data[:sizes[0]])
+        total.frombytes(data[sizes[0]:sizes[0] + sizes[1]])
+        ok.frombytes(data[sizes[0] + sizes[1]:])
+        if any(o > t for o, t in zip(ok, total)):
+            return False
+        self.ids, self.total, self.ok = ids, total, ok
+        return True
 
     def uptime(self, now: float) -> float | None:
         """Probe-weighted share of successes over the last ``slots`` buckets (as
@@ -107,6 +127,23 @@ class History:
             for i in range(self.LATENCY_POINTS):
                 self.times[i] -= shift
         self._base = at
+
+    def dump(self) -> str:
+        """The two rings (not the latency points), for the state store: survives a restart."""
+        return base64.b64encode(self.quarter.dump() + self.day.dump()).decode()
+
+    @classmethod
+    def restored(cls, text: str) -> History | None:
+        """A History from :meth:`dump`'s text, or None when it does not fit (another version)."""
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (ValueError, TypeError):
+            return None
+        h = cls()
+        q = len(h.quarter.dump())
+        if not (h.quarter.restore(data[:q]) and h.day.restore(data[q:])):
+            return None
+        return h
 
     def recent(self, now: float, window: float) -> tuple[int, int]:
         """(failed, probes) among the last probes that ended within ``window`` seconds of ``now``
