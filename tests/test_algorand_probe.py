@@ -282,3 +282,43 @@ def test_every_fake_response_kind_was_validated():
             ("algod", "/ready", 503), ("algod", "401", 401), ("indexer", "/health", 200),
             ("algod", "/v2/transactions/pending/{txid}", 404), ("indexer", "/v2/transactions/{txid}", 200)}
     assert must <= SEEN
+
+
+async def test_a_pending_transactions_age_survives_a_restart(fake, tmp_path):
+    """The first-seen time is in the state store (a real SQLite file): an exporter restarted
+    while a transaction is stuck keeps counting from when it was first seen, not from zero."""
+    from stackwatch.probes import algorand
+    from stackwatch.runner import Probers
+    from stackwatch.state import StateStore
+
+    state = healthy_state(TOKEN)
+    state["pending"] = {CREATE_TXID: {"pool-error": ""}}
+    fake.reset(state)
+    t = target(fake, SEED_WATCH)
+    path = str(tmp_path / "state.db")
+    ages = []
+    for _run in range(2):  # two exporter lifetimes on one store
+        store = StateStore.open(path)
+        probers = Probers({"algorand": algorand.KIND})
+        probers.states["algorand"].use_store(store)
+        probers.reload(type("C", (), {"targets": (t,)})())
+        r = await probers.run(t)
+        ages.append(series("".join(render_result(t, r).values()), "transaction_pending_seconds")[
+            'transaction="pam-token-create"'])
+        await probers.close()
+        store.close()  # (the first-seen write was queued by the probe; close drains the queue)
+        time.sleep(0.3)
+    assert ages[1] >= ages[0] + 0.3
+    # confirmed: the entry is gone from the store too
+    fake.reset(healthy_state(TOKEN))
+    store = StateStore.open(path)
+    probers = Probers({"algorand": algorand.KIND})
+    probers.states["algorand"].use_store(store)
+    await probers.run(t)
+    await probers.close()
+    store.close()
+    reopened = StateStore.open(path)
+    try:
+        assert reopened.values(algorand.PENDING_NAMESPACE) == {}
+    finally:
+        reopened.close()

@@ -77,8 +77,6 @@ class Conn:
     """One backend connection, with the few operations the store needs (``:name`` parameters)."""
 
     dialect = ""
-    for_update = ""
-    """" FOR UPDATE" where the backend locks rows read in a transaction (SQLite locks the file)."""
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         raise NotImplementedError
@@ -124,16 +122,12 @@ class SQLiteConn(Conn):
 
 
 class SQLAlchemyConn(Conn):
-    for_update = " FOR UPDATE"
-
     def __init__(self, url: str):
         import sqlalchemy  # imported here: a SQLite store needs none of it
 
         self._text = sqlalchemy.text
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            self.for_update = ""
         self.conn = self.engine.connect()
         self.conn.commit()
 

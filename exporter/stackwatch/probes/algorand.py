@@ -195,17 +195,44 @@ IDX_LAG = Family(P + "indexer_lag_rounds", "gauge", "Rounds the indexer is behin
 TX_STATES = ("confirmed", "pending", "rejected", "unknown")
 
 
+PENDING_NAMESPACE = "algorand.pending_since"
+KEY_SEP = "\x1f"
+
+
 class AlgorandState(KindState):
     """The kind's thread pool and when each watched transaction was first seen pending."""
 
     def __init__(self) -> None:
         self.runner = BlockingRunner("algorand")
         self.pending_since: dict[tuple[str, str], float] = {}
+        """(target, transaction alias) -> unix time first seen pending; kept in the state store
+        too, so a restart does not make a stuck transaction look freshly sent."""
+        self.store: Any = None
+
+    def use_store(self, store: Any) -> None:
+        self.store = store
+        for key, value in store.values(PENDING_NAMESPACE).items():
+            parts = tuple(key.split(KEY_SEP))
+            if len(parts) == 2 and isinstance(value, int | float):
+                self.pending_since[parts] = float(value)  # type: ignore[index]
+
+    def first_pending(self, key: tuple[str, str]) -> float:
+        """When the transaction was first seen pending (now, if this is the first time)."""
+        first = self.pending_since.get(key)
+        if first is None:
+            first = self.pending_since[key] = time.time()
+            if self.store is not None:
+                self.store.put_values(PENDING_NAMESPACE, {KEY_SEP.join(key): first})
+        return first
+
+    def not_pending(self, key: tuple[str, str]) -> None:
+        if self.pending_since.pop(key, None) is not None and self.store is not None:
+            self.store.delete_values(PENDING_NAMESPACE, [KEY_SEP.join(key)])
 
     def reload(self, targets: list[Any]) -> None:
         alive = {(t.name, tx.alias) for t in targets for tx in t.transactions}
         for key in [k for k in self.pending_since if k not in alive]:
-            del self.pending_since[key]
+            self.not_pending(key)
 
 
 
@@ -409,10 +436,10 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
         if confirmed_round:
             out.append((TX_ROUND, lab, confirmed_round))
         if state == "pending":
-            first = kind_state.pending_since.setdefault(key, time.time())
+            first = kind_state.first_pending(key)
             out.append((TX_PENDING, lab, time.time() - first))
         else:
-            kind_state.pending_since.pop(key, None)
+            kind_state.not_pending(key)
         log.append(f"transaction {tx.alias}: {state}")
 
     # -- indexer

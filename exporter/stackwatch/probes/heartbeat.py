@@ -253,24 +253,29 @@ def read_op() -> Callable[[Conn], list[Row]]:
 
 def event_op(name: str, event: str, at: float, exit_code: int | None, duration: float | None,
              message: str | None) -> Callable[[Conn], Row]:
-    """Record one report; returns the check's row after it (read and written in one transaction,
-    the row locked where the backend locks rows, so replicas sharing a store never lose one)."""
+    """Record one report; returns the check's row after it.  One UPDATE ... RETURNING (the row
+    is created first if missing): atomic on both backends, so replicas sharing a store never
+    lose a report, and one round trip to PostgreSQL per report."""
+    if event == "start":
+        sql = f"UPDATE heartbeats SET last_start = :t, starts = starts + 1 WHERE name = :n RETURNING {COLUMNS}"
+    else:
+        # the run's duration: as reported, else from its start report (if it started after the last end)
+        took = ("COALESCE(:d, CASE WHEN last_start IS NOT NULL AND last_start > COALESCE(last_success, -1) "
+                "AND last_start > COALESCE(last_failure, -1) AND :t >= last_start THEN :t - last_start END)")
+        sql = (f"UPDATE heartbeats SET {'last_failure' if event == 'fail' else 'last_success'} = :t, "
+               f"runs = runs + 1, failures = failures + :f, last_exit_code = :x, last_duration = {took}, "
+               f"last_message = :m WHERE name = :n RETURNING {COLUMNS}")
+    params = {"n": name, "t": at, "f": 1 if event == "fail" else 0, "x": exit_code, "d": duration, "m": message}
+    if event == "start":
+        params = {"n": name, "t": at}
+
     def op(c: Conn) -> Row:
-        c.execute("INSERT INTO heartbeats (name, first_seen) VALUES (:n, :t) ON CONFLICT (name) DO NOTHING",
-                  {"n": name, "t": at})
-        old = row_from(c.execute(f"SELECT {COLUMNS} FROM heartbeats WHERE name = :n{c.for_update}", {"n": name})[0])
-        if event == "start":
-            c.execute("UPDATE heartbeats SET last_start = :t, starts = starts + 1 WHERE name = :n", {"n": name, "t": at})
-        else:
-            took = duration
-            if took is None and old.running and old.last_start is not None:
-                took = max(0.0, at - old.last_start)
-            failed = event == "fail"
-            c.execute(
-                f"UPDATE heartbeats SET {'last_failure' if failed else 'last_success'} = :t, runs = runs + 1, "
-                f"failures = failures + :f, last_exit_code = :x, last_duration = :d, last_message = :m WHERE name = :n",
-                {"n": name, "t": at, "f": 1 if failed else 0, "x": exit_code, "d": took, "m": message})
-        return row_from(c.execute(f"SELECT {COLUMNS} FROM heartbeats WHERE name = :n", {"n": name})[0])
+        rows = c.execute(sql, params)
+        if not rows:  # the check's first report, before its row was created
+            c.execute("INSERT INTO heartbeats (name, first_seen) VALUES (:n, :t) ON CONFLICT (name) DO NOTHING",
+                      {"n": name, "t": at})
+            rows = c.execute(sql, params)
+        return row_from(rows[0])
     return op
 
 
