@@ -45,7 +45,8 @@ def start(cfg: Path, port: int, store: list[str], log: Path) -> subprocess.Popen
     raise SystemExit(f"stackwatch did not start; see {log}")
 
 
-async def flood(base: str, checks: int, seconds: float, clients: int) -> tuple[list[int], list[float], int, int]:
+async def flood(base: str, checks: int, seconds: float, clients: int,
+                path: str = "/push/job-{i}", body: bytes = b"") -> tuple[list[int], list[float], int, int]:
     import aiohttp
 
     acked = [0] * checks
@@ -61,7 +62,7 @@ async def flood(base: str, checks: int, seconds: float, clients: int) -> tuple[l
             counter += 1
             started = time.perf_counter()
             try:
-                async with session.post(f"{base}/push/job-{i}") as resp:
+                async with session.post(base + path.format(i=i), data=body) as resp:
                     await resp.read()
                     if resp.status == 200:
                         acked[i] += 1
@@ -97,6 +98,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--storage-url", default=None, help="PostgreSQL instead of the SQLite file")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--pushgateway", action="store_true",
+                    help="also time Prometheus's Pushgateway (Debian's prometheus-pushgateway) with the same client")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="stackwatch-push-"))
     cfg = tmp / "stackwatch.yml"
@@ -134,11 +137,49 @@ def main() -> None:
         "rate_limited": limited, "errors": errors, "lost_after_kill_9": lost,
         "checks_counted_after_restart": len(counted), "cpus": os.cpu_count(),
     }
+    if args.pushgateway:
+        summary["pushgateway"] = pushgateway(args, tmp)
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     if lost or len(counted) != args.checks:
         raise SystemExit(1)
+
+
+def pushgateway(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+    """The same flood against the Pushgateway: one group per check (POST /metrics/job/NAME), a
+    one-line body.  It keeps pushes in memory and writes its persistence file every 5 minutes, so
+    a 200 there is not durable; the figure is a ceiling for an HTTP push endpoint on this machine."""
+    import shutil
+
+    binary = shutil.which("prometheus-pushgateway")
+    if binary is None:
+        return {"error": "prometheus-pushgateway is not installed (apt-get install prometheus-pushgateway)"}
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.split("\n")[0] or \
+        subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}",
+                             f"--persistence.file={tmp / 'pushgateway.db'}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        acked, latencies, limited, errors = asyncio.run(flood(
+            f"http://127.0.0.1:{port}", args.checks, args.seconds, args.clients, "/metrics/job/job-{i}",
+            b"job_last_success_timestamp_seconds 1.7e9\n"))
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {"version": version.strip(), "acknowledged": sum(acked),
+            "pushes_per_second": round(sum(acked) / args.seconds, 1),
+            "latency_ms": {"p50": round(pct(latencies, 0.5) * 1000, 2), "p99": round(pct(latencies, 0.99) * 1000, 2),
+                           "max": round(max(latencies) * 1000, 2)} if latencies else None,
+            "errors": errors}
 
 
 if __name__ == "__main__":
