@@ -467,3 +467,34 @@ def test_status_history_without_prometheus_survives_restarts_and_kill_9(servers,
         assert probes(third, "healthy")[0] > start
     finally:
         third.stop()
+
+
+def test_workers_share_the_store_and_the_supervisor_passes_pushes_on(servers, tmp_path):
+    from test_workers import Supervised
+
+    names = [f"job-{i}" for i in range(10)]
+    cfg = write_config(tmp_path, servers, "\n".join(
+        f'  - {{name: {n}, kind: heartbeat, interval: 250ms, schedule: {{every: 1h}}, token: "${{HB_TOKEN}}"}}'
+        for n in names))
+    os.environ["HB_TOKEN"] = TOKEN  # Supervised passes its own environment on
+    try:
+        sup = Supervised(cfg, tmp_path, extra=["--storage.path", str(tmp_path / "state.db")])
+    finally:
+        del os.environ["HB_TOKEN"]
+    try:
+        for n in names:  # once through the supervisor, once to each worker directly
+            for base in (sup.base, *sup.workers):
+                status, body = push(base, f"/push/{n}")
+                assert status == 200, (base, body)
+        assert push(sup.base, "/push/job-0", token="f" * 32) == push(sup.base, "/push/nope")
+        assert push(sup.base, "/push/job-0", token="f" * 32)[0] == 403
+
+        def exported() -> bool:
+            texts = [http_get(w + "/metrics")[2].decode() for w in sup.workers]
+            found = {n: [v for t in texts if (v := sample(t, "stackwatch_heartbeat_runs_total", n)) is not None]
+                     for n in names}
+            return all(v == [3.0] for v in found.values())
+
+        wait_until(exported, 20, "each check exported by one worker with all three pushes")
+    finally:
+        sup.stop()

@@ -15,6 +15,8 @@ The supervisor listens on the given address and serves:
 * ``/sd``: the workers for Prometheus's ``http_sd_configs`` (``[{"targets": [...], "labels":
   {"shard": "0"}}, ...]``), so the scrape config does not change with N;
 * ``/metrics``: ``stackwatch_worker_up{shard}`` and ``stackwatch_worker_restarts_total{shard}``;
+* ``POST /push/...`` (heartbeat reports), passed to a running worker: the workers share the
+  state store file, so any of them stores the report and the check's owner exports it;
 * ``/-/healthy`` and ``/-/ready`` (ready when every worker runs and has said it listens, by a
   byte on a pipe: no HTTP, so readiness works under every ``client_auth_type`` and password).
 
@@ -44,6 +46,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -54,6 +57,7 @@ from stackwatch.webconfig import BasicAuthChecker, WebConfig, authorize, check_r
 log = logging.getLogger("stackwatch.workers")
 
 BACKOFF_MAX = 30.0
+PUSH_BODY_MAX = 2048
 STOP_GRACE = 10.0
 
 
@@ -89,6 +93,8 @@ class Supervisor:
         self._stopping = False
         self._auth = BasicAuthChecker()
         self.stats = Stats()
+        self._next_push = 0
+        self._client: Any = None
 
     async def reload(self) -> None:
         """SIGHUP: the supervisor reads the web config again (the workers are told too and read
@@ -196,13 +202,15 @@ class Supervisor:
         for w in self.workers:
             if w.task is not None:
                 w.task.cancel()
+        if self._client is not None:
+            await self._client.close()
 
     # ------------------------------------------------------------------ HTTP
 
     def build_app(self) -> web.Application:
         @web.middleware
         async def guard(request: web.Request, handler: object) -> web.StreamResponse:
-            if self.web.auth_required and request.path != "/-/healthy":
+            if self.web.auth_required and request.path != "/-/healthy" and not request.path.startswith("/push/"):
                 refused = await authorize(self._auth, self.web, request.headers.get("Authorization"))
                 if refused is not None:
                     status, headers, text = refused
@@ -218,7 +226,37 @@ class Supervisor:
         app.router.add_get("/-/healthy", self.healthy)
         app.router.add_get("/-/ready", self.ready)
         app.router.add_get("/", self.index)
+        app.router.add_post("/push/{tail:.+}", self.push)
         return app
+
+    async def push(self, request: web.Request) -> web.Response:
+        """Heartbeat pushes, passed to a running worker (they share the state store, so any one
+        stores it and the check's owner exports it).  The worker checks the token; nothing here
+        reads or logs it."""
+        if self.web.tls is not None:
+            return web.Response(status=421, text="with TLS, push to a worker's address (listed by /sd)\n")
+        alive = [w for w in self.workers if self._alive(w) and w.ready]
+        if not alive:
+            return web.Response(status=503, text="no worker is running; retry\n", headers={"Retry-After": "1"})
+        w = alive[self._next_push % len(alive)]
+        self._next_push += 1
+        body = await request.content.read(PUSH_BODY_MAX + 1)
+        host, _, port = w.address.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+        import aiohttp
+
+        if self._client is None:
+            self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        try:
+            async with self._client.post(f"http://{host}:{port}{request.rel_url}", data=body, headers=headers,
+                                         allow_redirects=False) as resp:
+                data = await resp.content.read(64 * 1024)
+                out = {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "retry-after")}
+                return web.Response(status=resp.status, body=data, headers=out)
+        except (aiohttp.ClientError, TimeoutError):
+            return web.Response(status=503, text="the worker did not answer; retry\n", headers={"Retry-After": "1"})
 
     async def sd(self, request: web.Request) -> web.Response:
         groups = [{"targets": [w.address], "labels": {"shard": str(w.index)}} for w in self.workers]
