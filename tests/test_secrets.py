@@ -17,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -37,13 +39,14 @@ CANARIES = {
     "ALGOD_URL": "",  # set below: the echo server with userinfo
     "CONS_APIKEY": "cAnary-cons-apikey-9999",
     "CONS_SQL_PW": "cAnary-cons-sql-pw-0000",
+    "HB_PUSH_TOKEN": "cAnary-push-token-abab",
 }
 SECRET_PARTS = {"HTTP_BASIC_PW": "cAnary-basic-pw-1111", "HTTP_BEARER": "cAnary-bearer-2222",
                 "HTTP_APIKEY": "cAnary-apikey-3333", "JSON_BEARER": "cAnary-json-bearer-4444",
                 "SQL_PW": "cAnary-sql-pw-5555", "SQL_URL": "cAnary-sql-url-6666",
                 "ALGOD_TOKEN": "cAnary-algod-token-7777", "INDEXER_TOKEN": "cAnary-indexer-token-8888",
                 "ALGOD_URL": "cAnary-algod-url-pw-1212", "CONS_APIKEY": "cAnary-cons-apikey-9999",
-                "CONS_SQL_PW": "cAnary-cons-sql-pw-0000"}
+                "CONS_SQL_PW": "cAnary-cons-sql-pw-0000", "HB_PUSH_TOKEN": "cAnary-push-token-abab"}
 
 
 def forms(secret: str, users: tuple[str, ...] = ("admin", "root", "user")) -> list[str]:
@@ -152,6 +155,10 @@ targets:
       - name: db
         sql: {{url: "mysql+pymysql://root@127.0.0.1:3306/test", password: "${{CONS_SQL_PW}}",
                query: "SELECT 1 AS total"}}
+  - name: heartbeat-canary
+    kind: heartbeat
+    schedule: {{every: 1h}}
+    token: "${{HB_PUSH_TOKEN}}"
 """)
     return path
 
@@ -167,7 +174,7 @@ def test_no_secret_in_any_output(echo, tmp_path):
     env["ALGOD_URL"] = f"http://user:{SECRET_PARTS['ALGOD_URL']}@127.0.0.1:{echo.port}/algod"
     cfg = config(echo, tmp_path / "canary.yml")
     names = ["http-echo-assert", "http-echo-bearer-500", "http-redirect-elsewhere", "json-echo", "sql-wrong-password",
-             "sql-url-from-env", "algorand-echo", "consistency-echo"]
+             "sql-url-from-env", "algorand-echo", "consistency-echo", "heartbeat-canary"]
     for fmt in ("logfmt", "json"):
         sw = Stackwatch(cfg, tmp_path, env=env, extra=["--log.format", fmt])
         try:
@@ -176,13 +183,23 @@ def test_no_secret_in_any_output(echo, tmp_path):
                 return all(f'stackwatch_probe_success{{target="{n}"' in text for n in names)
 
             wait_until(all_failed, 20, "a result for every target")
+            # the push token travels in a header, in a path, and wrong (a refused push)
+            token = CANARIES["HB_PUSH_TOKEN"]
+            for path, headers in (("/push/heartbeat-canary/fail?message=oops", {"Authorization": f"Bearer {token}"}),
+                                  (f"/push/token/{token}/heartbeat-canary/start", {}),
+                                  (f"/push/token/{token}x/heartbeat-canary", {})):
+                req = urllib.request.Request(sw.base + path, data=b"", method="POST", headers=headers)
+                try:
+                    urllib.request.urlopen(req, timeout=10).close()
+                except urllib.error.HTTPError as exc:
+                    assert exc.code == 403 and path.endswith("x/heartbeat-canary")
             metrics = sw.metrics()
             for n in names:
                 assert f'stackwatch_probe_success{{target="{n}",kind=' in metrics
             # Every target failed (each in its own way), and the failures were reported.
             failing = [n for n in names if f'stackwatch_probe_success{{target="{n}"' in metrics
                        and f'stackwatch_probe_failure_reason{{target="{n}"' in metrics]
-            assert set(failing) >= set(names) - {"json-echo"}, failing
+            assert set(failing) >= set(names) - {"json-echo", "heartbeat-canary"}, failing
             assert_clean("/metrics", metrics)
             assert_clean("/metrics (OpenMetrics)",
                          http_get(sw.base + "/metrics", headers={"Accept": "application/openmetrics-text"})[2].decode())
