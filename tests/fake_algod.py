@@ -7,8 +7,10 @@ from stackwatch.demo.fakealgod import (  # noqa: F401  (re-exported for the test
     CREATE_TXID,
     MAINNET_HASH,
     PAM_ASSET,
+    PARTICIPANT,
     TESTNET_HASH,
     healthy_state,
+    node_runner_state,
     seed_000_state,
 )
 from stackwatch.demo.fakealgod import FakeAlgorand as _Fake

@@ -6,6 +6,8 @@ response it sent during these tests is validated against the spec's JSON schemas
 
 from __future__ import annotations
 
+import base64
+import copy
 import json
 import time
 from pathlib import Path
@@ -16,8 +18,10 @@ from fake_algod import (
     CREATE_TXID,
     MAINNET_HASH,
     PAM_ASSET,
+    PARTICIPANT,
     FakeAlgorand,
     healthy_state,
+    node_runner_state,
     seed_000_state,
 )
 from jsonschema import Draft4Validator
@@ -45,6 +49,9 @@ SCHEMAS = {  # (server, route, status) -> JSON pointer into the spec; None: the 
     ("algod", "/v2/transactions/pending/{txid}", 200): "#/definitions/PendingTransactionResponse",
     ("algod", "/v2/transactions/pending/{txid}", 404): "#/definitions/ErrorResponse",
     ("algod", "401", 401): "#/definitions/ErrorResponse",
+    ("algod", "/v2/ledger/supply", 200): "#/responses/SupplyResponse/schema",
+    ("algod", "/v2/blocks/{round}", 200): "#/responses/BlockResponse/schema",
+    ("algod", "/v2/participation", 200): "#/responses/ParticipationKeysResponse/schema",
     ("indexer", "/health", 200): "#/responses/HealthCheckResponse/schema",
     ("indexer", "/v2/transactions/{txid}", 200): "#/responses/TransactionResponse/schema",
     ("indexer", "/v2/transactions/{txid}", 404): "#/responses/ErrorResponse/schema",
@@ -276,11 +283,139 @@ def test_config_errors(body, error):
     assert error in str(info.value)
 
 
+RUNNER_WATCH = f"""    algod_admin_token: "${{ALGOD_ADMIN_TOKEN}}"
+    accounts: [{{alias: validator, address: {PARTICIPANT}, participating: true, incentive_eligible: true}}]
+"""
+
+
+def runner_target(fake, body: str = RUNNER_WATCH):
+    text = f"""targets:
+  - name: node-runner
+    kind: algorand
+    timeout: 3s
+    algod_url: {fake.algod_url}
+    algod_token: "${{ALGOD_TOKEN}}"
+    network: testnet-v1.0
+{body}"""
+    return parse_config(text, env={"ALGOD_TOKEN": TOKEN, "ALGOD_ADMIN_TOKEN": TOKEN + "-admin"}).targets[0]
+
+
+def one(text: str, name: str, account: str = "validator") -> float | None:
+    values = series(text, name)
+    return values.get(f'account="{account}"', values.get("", None))
+
+
+async def test_a_healthy_participating_node_and_account(fake):
+    fake.reset(node_runner_state(TOKEN))
+    r, text = await probe(runner_target(fake))
+    assert r.success, r.message
+    assert one(text, "account_online") == 1 and one(text, "participation_key_on_node") == 1
+    assert one(text, "participation_key_expires_in_rounds") == 200_000
+    # the round time is measured from block timestamps (the fake's 2.85 s, to the second's truncation)
+    assert series(text, "round_duration_seconds")[""] == pytest.approx(2.85, abs=0.002)
+    assert one(text, "participation_key_expires_in_seconds") == pytest.approx(200_000 * 2.85, rel=0.001)
+    assert one(text, "participation_rounds_since_last_vote") == 2
+    assert one(text, "participation_rounds_since_last_proposal") == 100
+    # absence window: 20 x online stake / account stake = 20 x 2e15 / 1e12 rounds; last seen 100 rounds ago
+    assert one(text, "participation_absence_window_rounds") == 40_000
+    assert one(text, "participation_absence_elapsed_ratio") == pytest.approx(100 / 40_000)
+    assert one(text, "account_incentive_eligible") == 1 and one(text, "account_in_payout_band") == 1
+    assert series(text, "upgrade_pending")[""] == 0 and series(text, "upgrade_supported")[""] == 1
+    assert not r.samples or all(f.healthy is None or v == f.healthy for f, _, v in r.samples)
+
+
+@pytest.mark.parametrize("change, metric, value, failing", [
+    (lambda s: s["accounts"][PARTICIPANT]["participation"].update({"vote-last-valid": s["last_round"] + 50_000}),
+     "participation_key_expires_in_rounds", 50_000, None),
+    (lambda s: s.update({"participation_keys": []}), "participation_key_on_node", 0,
+     "participation_key_on_node"),
+    (lambda s: s["participation_keys"][0]["key"].update({"vote-participation-key": "b3RoZXIta2V5LTAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="}),
+     "participation_key_on_node", 0, "participation_key_on_node"),
+    (lambda s: s["participation_keys"][0].update({"last-vote": s["last_round"] - 5_000}),
+     "participation_rounds_since_last_vote", 5_000, None),
+    (lambda s: s["accounts"][PARTICIPANT].update({"last-proposed": s["last_round"] - 30_000}),
+     "participation_absence_elapsed_ratio", 0.75, None),
+    (lambda s: s["accounts"][PARTICIPANT].update({"status": "Offline", "incentive-eligible": False}),
+     "account_online", 0, "account_online"),
+    (lambda s: s["accounts"][PARTICIPANT].update({"incentive-eligible": False}), "account_incentive_eligible", 0, None),
+])
+async def test_each_participation_problem_is_its_own_signal(fake, change, metric, value, failing):
+    state = node_runner_state(TOKEN)
+    change(state)
+    fake.reset(state)
+    r, text = await probe(runner_target(fake))
+    assert r.success, r.message  # the node answers: the problem is the account's, a check, not a probe failure
+    assert one(text, metric) == pytest.approx(value)
+    checks = [c for c in r.samples if c[0].healthy is not None and c[2] != c[0].healthy]
+    assert [c[0].name.removeprefix("stackwatch_algorand_") for c in checks] == ([failing] if failing else [])
+
+
+async def test_a_protocol_upgrade_the_node_does_not_support(fake):
+    state = node_runner_state(TOKEN)
+    state["upgrade"] = {"rounds": 10_000, "supported": False}
+    fake.reset(state)
+    r, text = await probe(runner_target(fake))
+    assert series(text, "upgrade_pending")[""] == 1 and series(text, "upgrade_supported")[""] == 0
+    assert series(text, "upgrade_in_rounds")[""] == 10_000
+    assert series(text, "upgrade_in_seconds")[""] == pytest.approx(28_500, rel=0.001)
+    from stackwatch.probes.base import check_words, failing_checks
+
+    words = [check_words(c) for c in failing_checks(r.samples)]
+    assert words == ["the node does not support the protocol upgrade the network scheduled"]
+
+
+async def test_the_admin_token_is_needed_for_keys_and_never_shown(fake):
+    state = node_runner_state(TOKEN)
+    state["admin_token"] = "the-real-admin-token-" + "b" * 40
+    fake.reset(state)
+    r, text = await probe(runner_target(fake))  # configured with another admin token: refused
+    assert not r.success and r.reason.value == "auth" and "GET /v2/participation" in r.message
+    assert TOKEN + "-admin" not in r.message + text + "\n".join(r.log)
+    # without an admin token the key checks are left out, the rest still runs
+    body = f"    accounts: [{{alias: validator, address: {PARTICIPANT}, participating: true}}]\n"
+    r, text = await probe(runner_target(fake, body))
+    assert r.success and one(text, "participation_key_on_node") is None and one(text, "account_online") == 1
+    with pytest.raises(ConfigError, match="inline secrets are not accepted"):
+        parse_config(f"targets:\n  - {{name: n, kind: algorand, algod_url: http://x, algod_admin_token: plain-admin}}\n")
+
+
+async def test_twenty_accounts_and_keys_cost_a_bounded_probe(fake, record_property):
+    state = node_runner_state(TOKEN)
+    from algosdk import account as algo_account
+
+    accounts = []
+    for i in range(20):
+        _, address = algo_account.generate_account()
+        acct = copy.deepcopy(state["accounts"][PARTICIPANT])
+        acct["participation"]["vote-participation-key"] = base64.b64encode(f"vote-key-{i:02d}".encode()).decode()
+        state["accounts"][address] = acct
+        key = copy.deepcopy(state["participation_keys"][0])
+        key.update({"address": address, "id": f"key-{i}"})
+        key["key"] = dict(acct["participation"])
+        state["participation_keys"].append(key)
+        accounts.append(address)
+    body = "    algod_admin_token: \"${ALGOD_ADMIN_TOKEN}\"\n    accounts:\n" + "".join(
+        f"      - {{alias: v{i}, address: {a}, participating: true}}\n" for i, a in enumerate(accounts))
+    fake.reset(state)
+    t = runner_target(fake, body)
+    r, text = await probe(t)
+    assert r.success and all(one(text, "participation_key_on_node", f"v{i}") == 1 for i in range(20))
+    first = len(fake.sent)
+    fake.sent.clear()
+    r, _ = await probe(t)
+    again = len(fake.sent)
+    # /health, /ready, /versions, /v2/status, params, 20 accounts, supply, participation (+2 block
+    # headers for the round time on the first probe, then every 100 rounds)
+    assert (first, again) == (7 + 20 + 2, 7 + 20)
+    record_property("algod_calls_per_probe_20_accounts", again)
+
+
 def test_every_fake_response_kind_was_validated():
     """The spec check above ran on every kind of response the scenarios need."""
     must = {("algod", "/v2/assets/{asset-id}", 404), ("algod", "/v2/accounts/{address}", 200),
             ("algod", "/ready", 503), ("algod", "401", 401), ("indexer", "/health", 200),
-            ("algod", "/v2/transactions/pending/{txid}", 404), ("indexer", "/v2/transactions/{txid}", 200)}
+            ("algod", "/v2/transactions/pending/{txid}", 404), ("indexer", "/v2/transactions/{txid}", 200),
+            ("algod", "/v2/ledger/supply", 200), ("algod", "/v2/blocks/{round}", 200), ("algod", "/v2/participation", 200)}
     assert must <= SEEN
 
 

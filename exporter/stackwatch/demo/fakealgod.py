@@ -24,6 +24,7 @@ ADMIN = "MM7ZDYCD4RD5CVUO5RO6NAA7K7S7T7REFYEVQJ5AGQWVB63G7JD66SDKBM"
 PAM_ASSET = 746418487
 CREATE_TXID = "TXNCREATEPAMTOKEN2222222222222222222222222222222222A"
 PROTOCOL = "https://github.com/algorandfoundation/specs/tree/953304de35264fc3ef91bcd05c123242015eeaed"
+NEXT_PROTOCOL = "https://github.com/algorandfoundation/specs/tree/236dcc18c9c507d794813ab768e467ea42d1b4d9"
 
 
 def healthy_state(token: str) -> dict[str, Any]:
@@ -39,7 +40,36 @@ def healthy_state(token: str) -> dict[str, Any]:
         "pending": {CREATE_TXID: {"confirmed-round": 58291736, "asset-index": PAM_ASSET, "pool-error": ""}},
         "indexer_round": 58291730, "indexer_db": True, "indexer_confirmed": {},
         "fault": None,  # None | "status500" | "hang" | "malformed"
+        # consensus participation (node runners)
+        "admin_token": token + "-admin", "round_seconds": 2.85, "genesis_ts": 1_650_000_000,
+        "online_stake": 2_000_000_000_000_000, "upgrade": None,  # None | {"rounds": N, "supported": bool}
+        "participation_keys": [],
     }
+
+
+PARTICIPANT = "XQJEJECPWUOXSKMIC5TCSARPVGHQJIIOKHO7WTKEPPLJMKG3D7VWWID66E"
+VOTE_KEY = "dm90ZS1wYXJ0aWNpcGF0aW9uLWtleS0wMDAwMDAwMDA="
+SELECTION_KEY = "c2VsZWN0aW9uLXBhcnRpY2lwYXRpb24ta2V5LTAwMDA="
+STATE_PROOF_KEY = "c3RhdGUtcHJvb2Yta2V5LTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="
+
+
+def node_runner_state(token: str, expires_in_rounds: int = 200_000, rounds_since_seen: int = 100,
+                      stake_algo: int = 1_000_000) -> dict[str, Any]:
+    """A node keeping one account online: its key valid for ``expires_in_rounds`` more rounds and
+    held by the node, last seen (proposal) ``rounds_since_seen`` rounds ago, ``stake_algo`` staked."""
+    s = healthy_state(token)
+    last = s["last_round"]
+    participation = {"selection-participation-key": SELECTION_KEY, "vote-participation-key": VOTE_KEY,
+                     "state-proof-key": STATE_PROOF_KEY, "vote-first-valid": last - 100_000,
+                     "vote-last-valid": last + expires_in_rounds, "vote-key-dilution": 1733}
+    s["accounts"][PARTICIPANT] = {
+        "amount": stake_algo * 1_000_000, "min-balance": 100_000, "status": "Online", "participation": participation,
+        "incentive-eligible": True, "last-proposed": last - rounds_since_seen, "last-heartbeat": last - 50_000}
+    s["participation_keys"] = [{
+        "id": "c2ItMDAwMDAxLXBhcnRpY2lwYXRpb24taWQtMDAwMDAwMDA", "address": PARTICIPANT,
+        "effective-first-valid": last - 99_680, "effective-last-valid": last + expires_in_rounds,
+        "last-vote": last - 2, "last-block-proposal": last - rounds_since_seen, "key": dict(participation)}]
+    return s
 
 
 def seed_000_state(token: str) -> dict[str, Any]:
@@ -95,10 +125,12 @@ class FakeAlgorand:
             return self._error(route, 500, "failed retrieving node status")
         return None
 
-    def _authorised(self, request: web.Request) -> bool:
+    def _authorised(self, request: web.Request, admin: bool = False) -> bool:
         token = request.headers.get("X-Algo-API-Token")
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return self.state["token"] in (token, bearer)
+        wanted = self.state["admin_token"] if admin else self.state["token"]
+        # algod's admin token also opens the public endpoints
+        return wanted in (token, bearer) or (not admin and self.state["admin_token"] in (token, bearer))
 
     # ------------------------------------------------------------------ algod
 
@@ -116,29 +148,52 @@ class FakeAlgorand:
                           "channel": "stable"}})
         if not path.startswith("/v2/"):
             return self._error(path, 404, "Not Found")
-        if not self._authorised(request):
+        if not self._authorised(request, admin=path.startswith("/v2/participation")):
             return self._error("401", 401, "Invalid API Token")
         faulty = await self._fault(path)
         if faulty is not None:
             return faulty
         parts = path.split("/")[2:]
         if parts == ["status"]:
-            return self._reply("algod", "/v2/status", 200, {
+            upgrade = s.get("upgrade")
+            body = {
                 "catchup-time": s["catchup_ns"], "last-round": s["last_round"], "last-version": PROTOCOL,
                 "next-version": PROTOCOL, "next-version-round": s["last_round"] + 1, "next-version-supported": True,
                 "stopped-at-unsupported-round": s["stopped"], "time-since-last-round": s["since_last_round_ns"],
-                "last-catchpoint": "", "catchpoint": ""})
+                "last-catchpoint": "", "catchpoint": ""}
+            if upgrade:
+                body.update({"next-version": NEXT_PROTOCOL, "next-version-round": s["last_round"] + upgrade["rounds"],
+                             "next-version-supported": upgrade["supported"]})
+            return self._reply("algod", "/v2/status", 200, body)
+        if parts == ["ledger", "supply"]:
+            return self._reply("algod", "/v2/ledger/supply", 200, {
+                "current_round": s["last_round"], "online-money": s["online_stake"], "online-stake": s["online_stake"],
+                "total-money": 10_000_000_000_000_000})
+        if len(parts) == 2 and parts[0] == "blocks" and parts[1].isdigit():
+            rnd = int(parts[1])
+            if rnd > s["last_round"]:
+                return self._error("/v2/blocks/{round}", 404, "failed to retrieve information from the ledger")
+            return self._reply("algod", "/v2/blocks/{round}", 200, {"block": {
+                "rnd": rnd, "ts": int(s["genesis_ts"] + rnd * s["round_seconds"]), "gen": s["genesis_id"],
+                "gh": s["genesis_hash"]}})
+        if parts == ["participation"]:
+            return self._reply("algod", "/v2/participation", 200, copy.deepcopy(s["participation_keys"]))
         if parts == ["transactions", "params"]:
             return self._reply("algod", "/v2/transactions/params", 200, {
                 "consensus-version": PROTOCOL, "fee": 0, "genesis-hash": s["genesis_hash"], "genesis-id": s["genesis_id"],
                 "last-round": s["last_round"], "min-fee": s["min_fee"]})
         if len(parts) == 2 and parts[0] == "accounts":
             a = s["accounts"].get(parts[1], {})
-            return self._reply("algod", "/v2/accounts/{address}", 200, {
+            body = {
                 "address": parts[1], "amount": a.get("amount", 0), "amount-without-pending-rewards": a.get("amount", 0),
                 "min-balance": a.get("min-balance", 100_000), "pending-rewards": 0, "rewards": 0, "round": s["last_round"],
-                "status": "Offline", "total-apps-opted-in": 0, "total-assets-opted-in": a.get("total-assets-opted-in", 0),
-                "total-created-apps": 0, "total-created-assets": a.get("total-created-assets", 0)})
+                "status": a.get("status", "Offline"), "total-apps-opted-in": 0,
+                "total-assets-opted-in": a.get("total-assets-opted-in", 0),
+                "total-created-apps": 0, "total-created-assets": a.get("total-created-assets", 0)}
+            for key in ("participation", "incentive-eligible", "last-proposed", "last-heartbeat"):
+                if key in a:
+                    body[key] = copy.deepcopy(a[key])
+            return self._reply("algod", "/v2/accounts/{address}", 200, body)
         if len(parts) == 2 and parts[0] == "assets":
             asset = s["assets"].get(int(parts[1]))
             if asset is None:

@@ -61,6 +61,11 @@ class Account(Model):
     address: str
     min_balance_algo: float | None = Field(None, ge=0)
     """Floor in ALGO: below it the account is reported as underfunded (THRESHOLDS.md B2)."""
+    participating: bool = False
+    """Expected online in consensus, voting with keys this node holds: the participation checks
+    (key expiry, key on the node, votes, absence, suspension) apply to it."""
+    incentive_eligible: bool = False
+    """Expected eligible for block payouts (went online paying the extra fee): alert if it is not."""
 
     @field_validator("address")
     @classmethod
@@ -90,6 +95,24 @@ class Transaction(Model):
     """Pending longer than this is stuck (THRESHOLDS.md B3); exported for the alert to compare."""
 
 
+class Participation(Model):
+    """Thresholds of the participation checks (THRESHOLDS.md B6-B9), per target."""
+
+    key_expiry_warning: Duration = Field(14 * 86400.0, gt=0)
+    key_expiry_critical: Duration = Field(2 * 86400.0, gt=0)
+    max_rounds_without_vote: int = Field(1000, ge=1)
+    """A key of an online account that has not voted for this many rounds is "not voting"."""
+    suspension_risk: float = Field(0.5, gt=0, lt=1)
+    """Share of the absence window (see docs) elapsed since the account was last seen, past which
+    it is at risk of suspension."""
+
+    @model_validator(mode="after")
+    def _order(self) -> Participation:
+        if self.key_expiry_critical >= self.key_expiry_warning:
+            raise ValueError("key_expiry_critical must be shorter than key_expiry_warning")
+        return self
+
+
 class AlgorandTarget(TargetConfig):
     """An algod endpoint plus what to watch on it."""
 
@@ -97,6 +120,9 @@ class AlgorandTarget(TargetConfig):
     algod_url: str
     algod_token: Secret | None = None
     algod_token_file: str | None = None
+    algod_admin_token: Secret | None = None
+    algod_admin_token_file: str | None = None
+    """algod's admin API token, for the participation keys the node holds (GET /v2/participation)."""
     indexer_url: str | None = None
     indexer_token: Secret | None = None
     indexer_token_file: str | None = None
@@ -108,6 +134,7 @@ class AlgorandTarget(TargetConfig):
     accounts: list[Account] = Field(default_factory=list)
     assets: list[Asset] = Field(default_factory=list)
     transactions: list[Transaction] = Field(default_factory=list)
+    participation: Participation = Field(default_factory=Participation)
 
     @field_validator("algod_url", "indexer_url", mode="before")
     @classmethod
@@ -142,6 +169,8 @@ class AlgorandTarget(TargetConfig):
         object.__setattr__(self, "algod_token", secret_from(self.algod_token, self.algod_token_file, "algod_token"))
         object.__setattr__(self, "indexer_token",
                            secret_from(self.indexer_token, self.indexer_token_file, "indexer_token"))
+        object.__setattr__(self, "algod_admin_token",
+                           secret_from(self.algod_admin_token, self.algod_admin_token_file, "algod_admin_token"))
         aliases = {a.alias for a in self.accounts}
         if len(aliases) != len(self.accounts):
             raise ValueError("account aliases must be unique")
@@ -194,6 +223,44 @@ IDX_LAG = Family(P + "indexer_lag_rounds", "gauge", "Rounds the indexer is behin
 
 TX_STATES = ("confirmed", "pending", "rejected", "unknown")
 
+# node: protocol upgrades, catchpoint catch-up, the round time measured from block timestamps
+UPGRADE_PENDING = Family(P + "upgrade_pending", "gauge", "1 if the network has scheduled a protocol upgrade (next-version differs).")
+UPGRADE_SUPPORTED = Family(P + "upgrade_supported", "gauge", "1 if this node's algod supports the next protocol version.",
+                           healthy=1, failing="the node does not support the protocol upgrade the network scheduled")
+UPGRADE_ROUNDS = Family(P + "upgrade_in_rounds", "gauge", "Rounds until the scheduled protocol upgrade takes effect.")
+UPGRADE_SECONDS = Family(P + "upgrade_in_seconds", "gauge", "Seconds until the scheduled upgrade (rounds x measured round time).")
+CATCHPOINT = Family(P + "catchpoint_accounts_processed_ratio", "gauge", "Share of the catchpoint's accounts processed while fast catch-up runs.")
+ROUND_TIME = Family(P + "round_duration_seconds", "gauge", "Average round time over the last 1,000 rounds, from block timestamps.")
+ONLINE_STAKE = Family(P + "online_stake_microalgos", "gauge", "Stake online in consensus (GET /v2/ledger/supply).")
+# accounts expected to participate (accounts[].participating)
+ONLINE = Family(P + "account_online", "gauge", "1 if the account's status is Online.", healthy=1,
+                failing="account {account} is not online in consensus")
+KEY_LAST_VALID = Family(P + "participation_key_last_valid_round", "gauge", "Last round the account's registered participation key is valid for.")
+KEY_EXPIRES_ROUNDS = Family(P + "participation_key_expires_in_rounds", "gauge", "Rounds until the registered key expires (negative: expired).")
+KEY_EXPIRES_SECONDS = Family(P + "participation_key_expires_in_seconds", "gauge", "Seconds until the registered key expires (rounds x measured round time).")
+KEY_WARNING = Family(P + "participation_key_expiry_warning_seconds", "gauge", "Configured: warn when the key expires sooner than this.")
+KEY_CRITICAL = Family(P + "participation_key_expiry_critical_seconds", "gauge", "Configured: page when the key expires sooner than this.")
+KEY_ON_NODE = Family(P + "participation_key_on_node", "gauge",
+                     "1 if the node holds the key registered for the account, valid for the current round (needs the admin token).",
+                     healthy=1, failing="the node holds no valid participation key registered for account {account}")
+SINCE_VOTE = Family(P + "participation_rounds_since_last_vote", "gauge", "Rounds since the node's key for the account last voted.")
+MAX_NO_VOTE = Family(P + "participation_max_rounds_without_vote", "gauge", "Configured: rounds without a vote past which the key is not voting.")
+SINCE_PROPOSAL = Family(P + "participation_rounds_since_last_proposal", "gauge", "Rounds since the account last proposed a block.")
+ABSENCE_WINDOW = Family(P + "participation_absence_window_rounds", "gauge",
+                        "Rounds without a proposal or heartbeat after which the protocol suspends the account (about 20 x online stake / account stake).")
+ABSENCE_ELAPSED = Family(P + "participation_absence_elapsed_ratio", "gauge", "Share of the absence window elapsed since the account was last seen (proposal or heartbeat).")
+RISK = Family(P + "participation_suspension_risk_ratio", "gauge", "Configured: the elapsed share past which suspension is a risk.")
+INCENTIVE = Family(P + "account_incentive_eligible", "gauge", "1 if the account is eligible for block payouts.")
+INCENTIVE_EXPECTED = Family(P + "account_incentive_expected", "gauge", "Configured: 1 if the account should be eligible for block payouts.")
+PAYOUT_BAND = Family(P + "account_in_payout_band", "gauge", "1 if the balance is within the protocol's payout band (30,000 to 70,000,000 ALGO).")
+
+ABSENT_FACTOR = 20
+"""go-algorand's absenteeism factor: an online, incentive-eligible account is suspended when it has
+neither proposed nor sent a heartbeat for about ABSENT_FACTOR x (online stake / its stake) rounds."""
+PAYOUT_MIN, PAYOUT_MAX = 30_000 * 1_000_000, 70_000_000 * 1_000_000
+"""The balance band (microAlgos) in which an eligible account earns block payouts (consensus parameters)."""
+ROUND_WINDOW = 1000
+
 
 PENDING_NAMESPACE = "algorand.pending_since"
 KEY_SEP = "\x1f"
@@ -204,6 +271,8 @@ class AlgorandState(KindState):
 
     def __init__(self) -> None:
         self.runner = BlockingRunner("algorand")
+        self.round_time: dict[str, tuple[int, float]] = {}
+        """target -> (round it was measured at, seconds per round over the ROUND_WINDOW before it)"""
         self.pending_since: dict[tuple[str, str], float] = {}
         """(target, transaction alias) -> unix time first seen pending; kept in the state store
         too, so a restart does not make a stuck transaction look freshly sent."""
@@ -291,6 +360,104 @@ def _ready_status(url: str, timeout: float) -> int:
         return exc.code
 
 
+def _round_time(t: AlgorandTarget, kind_state: AlgorandState, algod: Any, last_round: int, call: Any) -> float | None:
+    """Seconds per round, measured: the timestamps of the last block and of the one ROUND_WINDOW
+    rounds before (two header-only block reads), again every ROUND_WINDOW / 10 rounds."""
+    cached = kind_state.round_time.get(t.name)
+    if cached is not None and last_round - cached[0] < ROUND_WINDOW // 10:
+        return cached[1]
+    if last_round <= ROUND_WINDOW:
+        return cached[1] if cached else None
+    newer = call("GET /v2/blocks/{round}", algod.block_info, round_num=last_round, header_only=True)
+    older = call("GET /v2/blocks/{round}", algod.block_info, round_num=last_round - ROUND_WINDOW, header_only=True)
+    try:
+        seconds = (int(newer["block"]["ts"]) - int(older["block"]["ts"])) / ROUND_WINDOW
+    except (KeyError, TypeError, ValueError):
+        raise ProbeFailure(Reason.INVALID_JSON, "GET /v2/blocks/{round}: the block header has no timestamp") from None
+    if seconds <= 0:
+        return cached[1] if cached else None
+    kind_state.round_time[t.name] = (last_round, seconds)
+    return seconds
+
+
+def _upgrade(status: dict[str, Any], last_round: int, round_time: float | None,
+             out: list[tuple[Family, dict[str, str], float]], log: list[str]) -> None:
+    pending = bool(status.get("next-version")) and status.get("next-version") != status.get("last-version")
+    out.append((UPGRADE_PENDING, {}, 1 if pending else 0))
+    out.append((UPGRADE_SUPPORTED, {}, 1 if status.get("next-version-supported", True) else 0))
+    if pending:
+        rounds = int(status.get("next-version-round") or last_round) - last_round
+        out.append((UPGRADE_ROUNDS, {}, rounds))
+        if round_time:
+            out.append((UPGRADE_SECONDS, {}, rounds * round_time))
+        log.append(f"protocol upgrade scheduled in {rounds} rounds; supported: {status.get('next-version-supported')}")
+    total = int(status.get("catchpoint-total-accounts") or 0)
+    if status.get("catchpoint") and total:
+        out.append((CATCHPOINT, {}, int(status.get("catchpoint-processed-accounts") or 0) / total))
+
+
+def _participation(t: AlgorandTarget, algod: Any, infos: dict[str, dict[str, Any]], last_round: int,
+                   round_time: float | None, call: Any, out: list[tuple[Family, dict[str, str], float]],
+                   log: list[str]) -> None:
+    """The checks of accounts expected to participate: key validity and expiry, the key on the
+    node and its votes (with the admin token), proposals, the absence window, payouts."""
+    cfg = t.participation
+    supply = call("GET /v2/ledger/supply", algod.ledger_supply)
+    try:
+        online_stake = int(supply.get("online-stake") or supply["online-money"])
+    except (KeyError, TypeError, ValueError):
+        raise ProbeFailure(Reason.INVALID_JSON, "GET /v2/ledger/supply: online-stake is missing or not a number") from None
+    out.append((ONLINE_STAKE, {}, online_stake))
+    if round_time:
+        out.append((ROUND_TIME, {}, round_time))
+    keys: list[dict[str, Any]] | None = None
+    if t.algod_admin_token is not None:
+        from algosdk.v2client.algod import AlgodClient
+
+        admin = AlgodClient(t.algod_admin_token.get_secret_value(), t.algod_url)
+        got = call("GET /v2/participation", admin.algod_request, "GET", "/participation")
+        keys = [k for k in got if isinstance(k, dict)] if isinstance(got, list) else []
+    for a in t.accounts:
+        if not a.participating:
+            continue
+        info, lab = infos[a.alias], {"account": a.alias}
+        online = info.get("status") == "Online"
+        part = info.get("participation") or {}
+        amount = int(info.get("amount", 0))
+        out += [(ONLINE, lab, 1 if online else 0), (KEY_WARNING, lab, cfg.key_expiry_warning),
+                (KEY_CRITICAL, lab, cfg.key_expiry_critical), (MAX_NO_VOTE, lab, cfg.max_rounds_without_vote),
+                (RISK, lab, cfg.suspension_risk), (INCENTIVE, lab, 1 if info.get("incentive-eligible") else 0),
+                (INCENTIVE_EXPECTED, lab, 1 if a.incentive_eligible else 0),
+                (PAYOUT_BAND, lab, 1 if PAYOUT_MIN <= amount <= PAYOUT_MAX else 0)]
+        last_valid = int(part.get("vote-last-valid") or 0)
+        if online and last_valid:
+            out += [(KEY_LAST_VALID, lab, last_valid), (KEY_EXPIRES_ROUNDS, lab, last_valid - last_round)]
+            if round_time:
+                out.append((KEY_EXPIRES_SECONDS, lab, (last_valid - last_round) * round_time))
+        if info.get("last-proposed"):
+            out.append((SINCE_PROPOSAL, lab, last_round - int(info["last-proposed"])))
+        seen = max(int(info.get("last-proposed") or 0), int(info.get("last-heartbeat") or 0))
+        if online and amount > 0 and online_stake > 0:
+            window = ABSENT_FACTOR * online_stake / amount
+            out.append((ABSENCE_WINDOW, lab, window))
+            if seen:
+                out.append((ABSENCE_ELAPSED, lab, (last_round - seen) / window))
+        if keys is not None and online:
+            registered = part.get("vote-participation-key")
+            mine = [k for k in keys if k.get("address") == a.address
+                    and (k.get("key") or {}).get("vote-participation-key") == registered]
+            valid = [k for k in mine if int(k.get("effective-first-valid") or 0) <= last_round
+                     <= int(k.get("effective-last-valid") or 0)]
+            out.append((KEY_ON_NODE, lab, 1 if valid else 0))
+            votes = [int(k["last-vote"]) for k in valid if k.get("last-vote")]
+            if votes:
+                out.append((SINCE_VOTE, lab, last_round - max(votes)))
+            elif valid:  # registered but never voted yet: count from the key's first valid round
+                out.append((SINCE_VOTE, lab, max(0, last_round - int(valid[0].get("effective-first-valid") or last_round))))
+        log.append(f"account {a.alias}: {info.get('status')}, key valid to {last_valid or '-'}, "
+                   f"incentive-eligible {bool(info.get('incentive-eligible'))}")
+
+
 def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, log: list[str],
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the Algorand thread pool.  Appends samples to ``out`` as it goes, so a failure
@@ -337,6 +504,9 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
         # Also the SDK's answer to a malformed 200 body: it returns {} once the body is consumed.
         raise ProbeFailure(Reason.INVALID_JSON, "GET /v2/status: a required field is missing or not a number") from None
     out += [(LAST_ROUND, {}, last_round), (ROUND_AGE, {}, age), (CATCHUP, {}, catchup), (STOPPED, {}, 1 if stopped else 0)]
+    round_time = _round_time(t, kind_state, algod, last_round, call) if any(a.participating for a in t.accounts) \
+        or status.get("next-version") != status.get("last-version") else None
+    _upgrade(status, last_round, round_time, out, log)
     log.append(f"node {genesis_id} round {last_round}, last round {age:.1f}s ago, ready {ready}")
 
     min_fee = 1000
@@ -346,8 +516,10 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
         out.append((MIN_FEE, {}, min_fee))
 
     # -- accounts (an unfunded account is 200 with amount 0: "cannot pay fees", not an error)
+    infos: dict[str, dict[str, Any]] = {}
     for a in t.accounts:
         info = call(f"GET /v2/accounts/{a.alias}", algod.account_info, a.address, exclude="all")
+        infos[a.alias] = info
         amount, minimum = int(info.get("amount", 0)), int(info.get("min-balance", 0))
         spendable = max(0, amount - minimum)
         lab = {"account": a.alias}
@@ -357,6 +529,9 @@ def _probe_sync(t: AlgorandTarget, kind_state: AlgorandState, deadline: float, l
             floor = round(a.min_balance_algo * 1_000_000)
             out += [(FLOOR, lab, floor), (FUNDED, lab, 1 if amount >= floor else 0)]
         log.append(f"account {a.alias}: {amount} µALGO, min {minimum}, can pay {spendable // max(1, min_fee)} fees")
+
+    if any(a.participating for a in t.accounts):
+        _participation(t, algod, infos, last_round, round_time, call, out, log)
 
     # -- assets (404 "asset does not exist" is an answer, not a failure)
     by_alias = {a.alias: a for a in t.accounts}
