@@ -124,7 +124,7 @@ def render_alertmanager(dest: Path, telegram_api_url: str | None = None, webhook
 def test_amtool_check_config(tmp_path):
     proc = run(require_binary("amtool"), "check-config", str(render_alertmanager(tmp_path / "am.yml")))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 receivers" in proc.stdout and "4 inhibit rules" in proc.stdout
+    assert "3 receivers" in proc.stdout and "6 inhibit rules" in proc.stdout
 
 
 @pytest.mark.parametrize("labels,receiver", [

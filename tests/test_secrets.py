@@ -40,13 +40,15 @@ CANARIES = {
     "CONS_APIKEY": "cAnary-cons-apikey-9999",
     "CONS_SQL_PW": "cAnary-cons-sql-pw-0000",
     "HB_PUSH_TOKEN": "cAnary-push-token-abab",
+    "ALGOD_ADMIN_TOKEN": "cAnary-algod-admin-cdcd",
 }
 SECRET_PARTS = {"HTTP_BASIC_PW": "cAnary-basic-pw-1111", "HTTP_BEARER": "cAnary-bearer-2222",
                 "HTTP_APIKEY": "cAnary-apikey-3333", "JSON_BEARER": "cAnary-json-bearer-4444",
                 "SQL_PW": "cAnary-sql-pw-5555", "SQL_URL": "cAnary-sql-url-6666",
                 "ALGOD_TOKEN": "cAnary-algod-token-7777", "INDEXER_TOKEN": "cAnary-indexer-token-8888",
                 "ALGOD_URL": "cAnary-algod-url-pw-1212", "CONS_APIKEY": "cAnary-cons-apikey-9999",
-                "CONS_SQL_PW": "cAnary-cons-sql-pw-0000", "HB_PUSH_TOKEN": "cAnary-push-token-abab"}
+                "CONS_SQL_PW": "cAnary-cons-sql-pw-0000", "HB_PUSH_TOKEN": "cAnary-push-token-abab",
+                "ALGOD_ADMIN_TOKEN": "cAnary-algod-admin-cdcd"}
 
 
 def forms(secret: str, users: tuple[str, ...] = ("admin", "root", "user")) -> list[str]:
@@ -143,6 +145,7 @@ targets:
     kind: algorand
     algod_url: "${{ALGOD_URL}}"
     algod_token: "${{ALGOD_TOKEN}}"
+    algod_admin_token: "${{ALGOD_ADMIN_TOKEN}}"
     indexer_url: "{echo.url('/idx')}"
     indexer_token: "${{INDEXER_TOKEN}}"
   - name: consistency-echo
