@@ -57,7 +57,11 @@ THRESHOLDS = {
     "D2": 0.8,    # connection use > 80 %
     "M1": 10.0,   # model counts > 10 apart
     "M3": 200.0,  # 0 <= total <= 200
+    "B6": 14 * 86400.0,  # participation key expires in < 14 d: warning (< 2 d: critical, B6_CRITICAL)
+    "B8": 1000.0,  # > 1,000 rounds without a vote
+    "B9": 0.5,    # > 50 % of the absence window elapsed
 }
+B6_CRITICAL = 2 * 86400.0
 BURN_RATES = (14.4, 6.0, 3.0, 1.0)  # A1's multiwindow burn-rate thresholds
 
 
@@ -282,6 +286,34 @@ def algorand() -> Dashboard:
         .with_panel(table("Transactions", "State of each watched transaction.", "short",
                           q(f"stackwatch_algorand_transaction_state{{{T}}} == 1", instant=True, table=True),
                           alert="StackwatchAlgorandTransactionNotConfirmed", span=24))
+        .with_row(Row("Consensus participation"))
+        .with_panel(ts("Participation key expires in", "Time until each participating account's registered key "
+                       "expires (rounds x measured round time); warning under 14 d, critical under 2 d (B6).", "s",
+                       q(f"stackwatch_algorand_participation_key_expires_in_seconds{{{T}}}", "{{target}} {{account}}"),
+                       lines=steps((None, "red"), (B6_CRITICAL, "orange"), (THRESHOLDS["B6"], "green")),
+                       alert="StackwatchAlgorandParticipationKeyExpiring", span=12))
+        .with_panel(ts("Absence window used", "Share of the absence window elapsed since the account last proposed "
+                       "or sent a heartbeat; suspension risk past 50 % (B9).", "percentunit",
+                       q(f"stackwatch_algorand_participation_absence_elapsed_ratio{{{T}}}", "{{target}} {{account}}"),
+                       lines=steps((None, "green"), (THRESHOLDS["B9"], "orange")),
+                       alert="StackwatchAlgorandSuspensionRisk", span=12))
+        .with_panel(stat("Online with a key on the node", "1 if the account is online and the node holds its "
+                         "registered key for the current round (B7, B9).", "short",
+                         q(f"min by (target, account) (stackwatch_algorand_account_online{{{T}}})", "{{account}}",
+                           instant=True), steps((None, "red"), (1, "green")),
+                         alert="StackwatchAlgorandAccountSuspended"))
+        .with_panel(ts("Rounds since last vote", "Rounds since the node's key for the account last voted; "
+                       "not voting past 1,000 (B8).", "short",
+                       q(f"stackwatch_algorand_participation_rounds_since_last_vote{{{T}}}", "{{target}} {{account}}"),
+                       lines=steps((None, "green"), (THRESHOLDS["B8"], "orange")), alert="StackwatchAlgorandNotVoting"))
+        .with_panel(stat("Protocol upgrade in", "Time until a scheduled protocol upgrade; the linked alert pages when "
+                         "this node's algod does not support it (B5).", "s",
+                         q(f"stackwatch_algorand_upgrade_in_seconds{{{T}}}", "{{target}}", instant=True),
+                         steps((None, "orange")), alert="StackwatchAlgorandUpgradeUnsupported"))
+        .with_panel(stat("Round time", "Average seconds per round over the last 1,000 rounds, from block "
+                         "timestamps (used for the seconds above).", "s",
+                         q(f"stackwatch_algorand_round_duration_seconds{{{T}}}", "{{target}}", instant=True),
+                         steps((None, "green"))))
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from fake_algod import ADMIN, PAM_ASSET, PARTICIPANT, FakeAlgorand, node_runner_state, seed_000_state
 from harness import (
     Prometheus,
     Stackwatch,
@@ -33,6 +33,7 @@ from test_alerting import Alertmanager
 ROOT = Path(__file__).resolve().parents[1]
 FACTOR = 10
 TOKEN = "b" * 64
+RETIRED = "HZ57J3K46JIJXILONBBZOHX6BKPXEM2VVXNRFSUED6DKFD5ZD24PMJ3MVA"
 
 # (alertname, target) -> (severity, a piece of the description that carries the right value)
 EXPECTED = {
@@ -43,10 +44,24 @@ EXPECTED = {
     ("StackwatchInvariantViolated", "models"): ("critical", 'Source buggy of models breaks "active <= total"'),
     ("StackwatchAlgorandAssetMissing", "chain"): ("critical", "token"),
     ("StackwatchAlgorandAccountUnderfunded", "chain"): ("critical", "admin"),
+    # a node runner: one account's key 1,000 rounds (~48 min) from expiry, another account
+    # suspended, and a protocol upgrade this algod does not support
+    ("StackwatchAlgorandParticipationKeyExpiring", "validator"): ("critical", "account staking (validator) expires in about 47m"),
+    ("StackwatchAlgorandAccountSuspended", "validator"): ("critical", "Account retired (validator)"),
+    ("StackwatchAlgorandUpgradeUnsupported", "validator"): ("critical", "will stop at the upgrade round"),
 }
 
 
-def platform(tmp: Path, servers, algod: FakeAlgorand, checkout_port: int) -> Path:
+def node_runner(token: str) -> dict[str, Any]:
+    state = node_runner_state(token, expires_in_rounds=1_000, rounds_since_seen=30_000)
+    state["upgrade"] = {"rounds": 5_000, "supported": False}
+    retired = dict(state["accounts"][PARTICIPANT], status="Offline", **{"incentive-eligible": False})
+    retired.pop("participation")
+    state["accounts"][RETIRED] = retired
+    return state
+
+
+def platform(tmp: Path, servers, algod: FakeAlgorand, checkout_port: int, node: FakeAlgorand) -> Path:
     import sqlite3
 
     trading = tmp / "trading.db"
@@ -82,6 +97,14 @@ targets:
     network: testnet-v1.0
     accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
     assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}}}]
+  - name: validator
+    kind: algorand
+    algod_url: {node.algod_url}
+    algod_token: "${{TRUTH_ALGOD_TOKEN}}"
+    algod_admin_token: "${{TRUTH_ALGOD_ADMIN_TOKEN}}"
+    accounts:
+      - {{alias: staking, address: {PARTICIPANT}, participating: true, incentive_eligible: true}}
+      - {{alias: retired, address: {RETIRED}, participating: true, incentive_eligible: true}}
 """)
     return cfg
 
@@ -128,6 +151,8 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
     require_binary("prometheus")
     algod = FakeAlgorand(TOKEN)
     algod.reset(seed_000_state(TOKEN))
+    node = FakeAlgorand(TOKEN)
+    node.reset(node_runner(TOKEN))
     checkout = Checkout()
     receivers = Receivers()
     procs: list[Any] = []
@@ -138,8 +163,8 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
         am_cfg = bundle.write_private(tmp_path / "am.yml", yaml.safe_dump(am_doc, sort_keys=False))
         am = Alertmanager(tmp_path, am_cfg)
         procs.append(am)
-        sw = Stackwatch(platform(tmp_path, servers, algod, checkout.port), tmp_path,
-                        env={"TRUTH_ALGOD_TOKEN": TOKEN})
+        sw = Stackwatch(platform(tmp_path, servers, algod, checkout.port, node), tmp_path,
+                        env={"TRUTH_ALGOD_TOKEN": TOKEN, "TRUTH_ALGOD_ADMIN_TOKEN": TOKEN + "-admin"})
         procs.append(sw)
         rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
                  str(bundle.scaled_alert_rules(tmp_path / "alerts.yml", divisor=FACTOR))]
@@ -189,3 +214,4 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
         receivers.close()
         checkout.close()
         algod.close()
+        node.close()

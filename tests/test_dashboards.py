@@ -65,13 +65,15 @@ def test_lint_rules():
 def test_threshold_values_are_the_documented_ones():
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\|\s*([A-Z]\d)\s*\|(.*)$", THRESHOLDS_MD, re.M)}
     expected_text = {"L1": "> 2 s", "L2": "> 5 s", "L3": "< 500 ms", "L4": "< 300 ms", "E1": "> 5 %",
-                     "E2": "> 1 %", "A1": "99.9 %", "D2": "> 80 %", "M1": "> 10 models", "M3": "≤ 200"}
+                     "E2": "> 1 %", "A1": "99.9 %", "D2": "> 80 %", "M1": "> 10 models", "M3": "≤ 200",
+                     "B6": "< 14 d warning, < 2 d critical", "B8": "> 1,000 rounds", "B9": "> 50 %"}
     assert set(build.THRESHOLDS) == set(expected_text)
     for row, text in expected_text.items():
         assert text in rows[row], (row, rows[row])
     assert build.THRESHOLDS == {"L1": 2.0, "L2": 5.0, "L3": 0.5, "L4": 0.3, "E1": 0.05, "E2": 0.01, "A1": 0.999,
-                                "D2": 0.8, "M1": 10.0, "M3": 200.0}
-    allowed_lines = set(build.THRESHOLDS.values()) | set(build.BURN_RATES) | {60.0}  # 60 s: max_round_age default
+                                "D2": 0.8, "M1": 10.0, "M3": 200.0, "B6": 14 * 86400.0, "B8": 1000.0, "B9": 0.5}
+    assert build.B6_CRITICAL == 2 * 86400.0
+    allowed_lines = set(build.THRESHOLDS.values()) | set(build.BURN_RATES) | {60.0, build.B6_CRITICAL}  # 60 s: max_round_age default
     drawn = set()
     for path in DASHBOARDS:
         for p in panels(load(path)):

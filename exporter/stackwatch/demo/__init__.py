@@ -10,7 +10,10 @@ Everything runs in this one process on loopback ports, with no setup:
 * the energy pool overview, one partner low on energy (seed 001);
 * AI-GO's model counts from a database, an API, a lagging cache, a deployed copy showing 128
   active of 74 and a fallback file stuck at 139, which disagree (seed 002);
-* a fake algod in the seed 000 state: the token does not exist, the admin account holds 0 ALGO.
+* a fake algod in the seed 000 state: the token does not exist, the admin account holds 0 ALGO;
+* a second fake algod for a node runner: an account online in consensus whose participation key
+  expires in 1,000 rounds, which has not proposed for three quarters of its absence window, on a
+  network that scheduled a protocol upgrade.
 
 With ``--with-prometheus`` it also starts Prometheus and Alertmanager from PATH (Debian's
 ``prometheus`` and ``prometheus-alertmanager``) with the bundle's rules and routes; alert
@@ -39,7 +42,9 @@ from stackwatch.demo.fakealgod import (
     ADMIN,
     CREATE_TXID,
     PAM_ASSET,
+    PARTICIPANT,
     FakeAlgorand,
+    node_runner_state,
     seed_000_state,
 )
 
@@ -67,6 +72,10 @@ class Platform:
         self.esg_port = free_port()  # nothing listens there: the ESG backend refuses connections
         self.algod = FakeAlgorand(DEMO_ALGOD_TOKEN, seed_000_state(DEMO_ALGOD_TOKEN), record=False)
         self.algod_port, self.indexer_port = free_port(), free_port()
+        runner = node_runner_state(DEMO_ALGOD_TOKEN, expires_in_rounds=1_000, rounds_since_seen=30_000)
+        runner["upgrade"] = {"rounds": 120_000, "supported": True}
+        self.node = FakeAlgorand(DEMO_ALGOD_TOKEN, runner, record=False)
+        self.node_port, self.node_indexer_port = free_port(), free_port()
         self.cache = {"totalModels": 60, "activeModels": 50, "operationalModels": 48, "degradedModels": 1,
                       "outageModels": 1}
         self.trading_requests = itertools.count(1)
@@ -161,9 +170,11 @@ class Platform:
             await web.TCPSite(runner, "127.0.0.1", port).start()
             self.runners.append(runner)
         await self.algod.start(self.algod_port, self.indexer_port)
+        await self.node.start(self.node_port, self.node_indexer_port)
 
     async def stop(self) -> None:
         await self.algod.stop()
+        await self.node.stop()
         for r in self.runners:
             await r.cleanup()
 
@@ -222,6 +233,11 @@ class Platform:
                  "accounts": [{"alias": "admin", "address": ADMIN, "min_balance_algo": 1}],
                  "assets": [{"alias": "pam-token", "id": PAM_ASSET, "creator": ADMIN, "holders": ["admin"]}],
                  "transactions": [{"alias": "pam-token-create", "txid": CREATE_TXID}]},
+                {"name": "validator-node", "kind": "algorand", "algod_url": f"http://127.0.0.1:{self.node_port}",
+                 "algod_token": "${DEMO_ALGOD_TOKEN}", "algod_admin_token": "${DEMO_ALGOD_ADMIN_TOKEN}",
+                 "network": "testnet-v1.0",
+                 "accounts": [{"alias": "staking", "address": PARTICIPANT, "participating": True,
+                               "incentive_eligible": True}]},
             ],
         }
 
@@ -290,6 +306,7 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     cfg_path = workdir / "stackwatch-demo.yml"
     cfg_path.write_text("# Written by `stackwatch demo`.\n" + yaml.safe_dump(platform.config(), sort_keys=False))
     os.environ["DEMO_ALGOD_TOKEN"] = DEMO_ALGOD_TOKEN  # the config reads it as ${DEMO_ALGOD_TOKEN}
+    os.environ["DEMO_ALGOD_ADMIN_TOKEN"] = DEMO_ALGOD_TOKEN + "-admin"  # the fake node's admin token
     config = parse_config(cfg_path.read_text(), str(cfg_path))
     shown = f"{host or '127.0.0.1'}:{port}"
     print(f"stackwatch demo: {len(config.targets)} targets watching a simulated platform\n"
