@@ -364,6 +364,20 @@ async def test_a_protocol_upgrade_the_node_does_not_support(fake):
     assert words == ["the node does not support the protocol upgrade the network scheduled"]
 
 
+async def test_upgrade_votes_and_catchpoint_progress(fake):
+    state = node_runner_state(TOKEN)
+    state["upgrade_votes"] = {"yes": 7_000, "no": 1_000, "required": 9_000, "rounds_left": 2_000}
+    state["catchpoint"] = {"total": 20_000_000, "processed": 5_000_000}
+    state["catchup_ns"] = 60_000_000_000
+    state["ready"] = 503
+    fake.reset(state)
+    r, text = await probe(runner_target(fake))
+    assert series(text, "upgrade_votes") == {'vote="yes"': 7_000, 'vote="no"': 1_000, 'vote="required"': 9_000}
+    assert series(text, "upgrade_vote_rounds_remaining")[""] == 2_000
+    assert series(text, "catchpoint_accounts_processed_ratio")[""] == 0.25
+    assert not r.success and r.reason.value == "not_synced" and "catching up" in r.message
+
+
 async def test_the_admin_token_is_needed_for_keys_and_never_shown(fake):
     state = node_runner_state(TOKEN)
     state["admin_token"] = "the-real-admin-token-" + "b" * 40

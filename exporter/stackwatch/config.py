@@ -70,7 +70,7 @@ TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 # Label names stackwatch itself puts on series; user labels may not shadow them.
 RESERVED_LABELS = frozenset(
     "target kind reason le quantile instance job phase key value assertion result "
-    "source field invariant account asset query column table index alias version".split()
+    "source field invariant account asset query column table index alias version vote".split()
 )
 
 

@@ -164,6 +164,20 @@ class FakeAlgorand:
             if upgrade:
                 body.update({"next-version": NEXT_PROTOCOL, "next-version-round": s["last_round"] + upgrade["rounds"],
                              "next-version-supported": upgrade["supported"]})
+            votes = s.get("upgrade_votes")
+            if votes:  # an upgrade proposal being voted on
+                body.update({"upgrade-yes-votes": votes["yes"], "upgrade-no-votes": votes["no"],
+                             "upgrade-votes": votes["yes"] + votes["no"], "upgrade-votes-required": votes["required"],
+                             "upgrade-vote-rounds": 10_000, "upgrade-delay": 140_000, "upgrade-node-vote": True,
+                             "upgrade-next-protocol-vote-before": s["last_round"] + votes["rounds_left"]})
+            catchpoint = s.get("catchpoint")
+            if catchpoint:  # fast catch-up in progress
+                body.update({"catchpoint": "58290000#ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRST",
+                             "catchpoint-total-accounts": catchpoint["total"],
+                             "catchpoint-processed-accounts": catchpoint["processed"],
+                             "catchpoint-verified-accounts": 0, "catchpoint-total-blocks": 1000,
+                             "catchpoint-acquired-blocks": 0, "catchpoint-total-kvs": 0, "catchpoint-processed-kvs": 0,
+                             "catchpoint-verified-kvs": 0})
             return self._reply("algod", "/v2/status", 200, body)
         if parts == ["ledger", "supply"]:
             return self._reply("algod", "/v2/ledger/supply", 200, {

@@ -229,6 +229,8 @@ UPGRADE_SUPPORTED = Family(P + "upgrade_supported", "gauge", "1 if this node's a
                            healthy=1, failing="the node does not support the protocol upgrade the network scheduled")
 UPGRADE_ROUNDS = Family(P + "upgrade_in_rounds", "gauge", "Rounds until the scheduled protocol upgrade takes effect.")
 UPGRADE_SECONDS = Family(P + "upgrade_in_seconds", "gauge", "Seconds until the scheduled upgrade (rounds x measured round time).")
+UPGRADE_VOTES = Family(P + "upgrade_votes", "gauge", "Votes on the protocol upgrade proposal being voted on (vote: yes, no, required).")
+UPGRADE_VOTE_LEFT = Family(P + "upgrade_vote_rounds_remaining", "gauge", "Rounds left in the upgrade proposal's voting period.")
 CATCHPOINT = Family(P + "catchpoint_accounts_processed_ratio", "gauge", "Share of the catchpoint's accounts processed while fast catch-up runs.")
 ROUND_TIME = Family(P + "round_duration_seconds", "gauge", "Average round time over the last 1,000 rounds, from block timestamps.")
 ONLINE_STAKE = Family(P + "online_stake_microalgos", "gauge", "Stake online in consensus (GET /v2/ledger/supply).")
@@ -391,6 +393,12 @@ def _upgrade(status: dict[str, Any], last_round: int, round_time: float | None,
         if round_time:
             out.append((UPGRADE_SECONDS, {}, rounds * round_time))
         log.append(f"protocol upgrade scheduled in {rounds} rounds; supported: {status.get('next-version-supported')}")
+    if status.get("upgrade-votes-required"):
+        for vote, key in (("yes", "upgrade-yes-votes"), ("no", "upgrade-no-votes"), ("required", "upgrade-votes-required")):
+            out.append((UPGRADE_VOTES, {"vote": vote}, int(status.get(key) or 0)))
+        before = int(status.get("upgrade-next-protocol-vote-before") or 0)
+        if before:
+            out.append((UPGRADE_VOTE_LEFT, {}, max(0, before - last_round)))
     total = int(status.get("catchpoint-total-accounts") or 0)
     if status.get("catchpoint") and total:
         out.append((CATCHPOINT, {}, int(status.get("catchpoint-processed-accounts") or 0) / total))
