@@ -195,6 +195,12 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
                     assert text in alert["annotations"]["description"], (key, alert["annotations"]["description"])
         texts = receivers.telegram_texts()
         assert texts and all(t.strip() for t in texts)
+        # The node runner's warnings fire in Prometheus too (tickets, not pages: no webhook):
+        # absence window 75 % used by "staking"; "retired" not payout-eligible.
+        wait_until(lambda: prom.query('ALERTS{alertstate="firing", alertname="StackwatchAlgorandSuspensionRisk", '
+                                      'severity="warning", account="staking"}'), 30, "SuspensionRisk for staking")
+        wait_until(lambda: prom.query('ALERTS{alertstate="firing", alertname="StackwatchAlgorandNotIncentiveEligible", '
+                                      'account="retired"}'), 60, "NotIncentiveEligible for the retired account")
         # Recovery: the checkout service starts; its page resolves.
         checkout.start()
         up_at = time.time()
