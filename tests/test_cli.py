@@ -52,3 +52,38 @@ def test_demo_on_a_busy_port_says_so_before_any_banner(tmp_path):
     assert out.stdout == ""  # no URL banner for a demo that is not running
     assert out.stderr.strip() == (f"stackwatch demo: cannot listen on 127.0.0.1:{port} (--web.listen-address): "
                                   "Address already in use")
+
+
+def test_version_matches_the_package_and_the_changelog():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    out = run(["--version"], root)
+    assert out.returncode == 0 and out.stdout.strip() == f"stackwatch {version}"
+    changelog = (root / "CHANGELOG.md").read_text()
+    assert changelog.split("\n## ", 1)[1].startswith(f"{version} ("), "the newest CHANGELOG entry is not this version"
+
+
+def test_check_config_warns_about_a_consistency_target_without_invariants(tmp_path):
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("""targets:
+  - name: counts
+    kind: consistency
+    fields: [total]
+    sources:
+      - {name: a, file: {path: /a.json, fields: {total: $.t}}}
+      - {name: b, file: {path: /b.json, fields: {total: $.t}}}
+  - name: checked
+    kind: consistency
+    fields: [total]
+    invariants: ["total >= 0"]
+    sources:
+      - {name: a, file: {path: /a.json, fields: {total: $.t}}}
+      - {name: b, file: {path: /b.json, fields: {total: $.t}}}
+""")
+    out = run(["check-config", str(cfg)], tmp_path)
+    assert out.returncode == 0  # valid: a warning, not an error
+    warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "targets[0] (counts): no invariants" in warnings[0]

@@ -1,3 +1,3 @@
 """stackwatch: one Prometheus exporter for the things small platforms forget to watch."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

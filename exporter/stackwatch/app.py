@@ -102,6 +102,8 @@ class Exporter:
         self._history_task = asyncio.create_task(self._save_history_every())
         self.ready = True
         self._silences()
+        for warning in self.config.warnings():
+            log.warning("config warning", extra={"warning": warning})
         log.info("started", extra={"config": self.config_path, "targets": len(self.config.targets)})
 
     async def _keep_gc_short(self) -> None:
@@ -268,6 +270,8 @@ class Exporter:
         # frozen set as they are dropped), and a reload every minute must not hide growth.  A
         # reload that adds many targets triggers one sweep, which sets the baseline again.
         self._silences()
+        for warning in new.warnings():
+            log.warning("config warning", extra={"warning": warning})
         log.info("config reloaded", extra={"targets": len(new.targets)})
         return True, new.summary()
 

@@ -26,6 +26,8 @@ def check_config(path: str, storage_path: str | None = None, storage_url: str | 
         print(exc.render(), file=sys.stderr)
         return 1
     print(config.summary())
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     if storage_path or storage_url:
         from stackwatch.state import StateStore, StoreError
 

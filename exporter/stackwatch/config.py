@@ -201,6 +201,10 @@ class TargetConfig(Model):
             self._secret_forms = expand_forms(self.secrets())
         return self._secret_forms
 
+    def warnings(self) -> list[str]:
+        """Valid but probably not meant: check-config prints these and the exporter logs them."""
+        return []
+
     def declared_families(self) -> list[Any]:
         """Metric families this target's config declares (JSON/SQL metrics); checked across targets."""
         return []
@@ -297,6 +301,10 @@ class Config:
             return self
         mine = tuple(t for t in self.targets if shard_of(t.name, count) == index)
         return Config(self.defaults, self.scheduler, mine, self.source, self.maintenance)
+
+    def warnings(self) -> list[str]:
+        """Every target's warnings, each naming the target and its place in the file."""
+        return [f"targets[{i}] ({t.name}): {w}" for i, t in enumerate(self.targets) for w in t.warnings()]
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}

@@ -228,6 +228,13 @@ class ConsistencyTarget(TargetConfig):
                 raise ValueError(f'invariant "{inv.text}" uses {sorted(inv.names - fields)[0]}, which is not a field')
         return self
 
+    def warnings(self) -> list[str]:
+        if self.invariants:
+            return []
+        return ["no invariants: impossible numbers (active > total, a negative count) are not checked, only "
+                "disagreement between sources; add e.g. invariants: [\"active <= total\"] (since 0.2.0 there "
+                "are no default invariants; see CHANGELOG.md)"]
+
     def extra_secrets(self) -> list[str]:
         return [x for s in self.sources if s.sql for x in sqldb.url_secrets(s.sql.url)]
 
