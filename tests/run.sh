@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The SQL tests use the machine's PostgreSQL (127.0.0.1:5432, trust auth, database test) and
-# MariaDB (127.0.0.1:3306, root without password, database test).  Start them if they stopped;
+# MariaDB (127.0.0.1:3306, root without password, database test), and Redis below.  Start them if they stopped;
 # if they cannot be reached, the SQL tests fail (they never skip).
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
@@ -28,6 +28,13 @@ fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null && [ -x /usr/sbin/mariadbd ]; then
   as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
   for _ in $(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null && break; sleep 1; done
+fi
+
+# Redis (127.0.0.1:6379) for the consistency kind's Redis source tests.
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  command -v redis-server >/dev/null || { export DEBIAN_FRONTEND=noninteractive; as_root apt-get install -y -q --no-install-recommends redis-server; }
+  as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no || true
+  for _ in $(seq 30); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 1; done
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -105,7 +105,7 @@ RULES = [
     (("stackwatch.config",), ("stackwatch.probes", *ABOVE_PROBES)),
     (("stackwatch.probes",), ABOVE_PROBES),
     (("stackwatch.probes.base",), ("stackwatch.probes.",)),
-    (tuple(f"stackwatch.probes.{h}" for h in ("httpclient", "http1", "sqldb", "jsonquery")), KIND_MODULES),
+    (tuple(f"stackwatch.probes.{h}" for h in ("httpclient", "http1", "sqldb", "jsonquery", "rediskv")), KIND_MODULES),
     (("stackwatch.runner", "stackwatch.scheduler", "stackwatch.store"),
      ("stackwatch.kinds", "stackwatch.collector", "stackwatch.app", "stackwatch.server", "stackwatch.cli",
       "stackwatch.demo", "stackwatch.exposition", *KIND_MODULES)),

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from stackwatch.config import Model, Secret, TargetConfig, secret_from
-from stackwatch.probes import sqldb
+from stackwatch.probes import rediskv, sqldb
 from stackwatch.probes.base import (
     Family,
     KindState,
@@ -44,9 +44,11 @@ from stackwatch.probes.base import (
     ProbeKind,
     ProbeResult,
     Reason,
+    sanitize_label_value,
 )
 from stackwatch.probes.blocking import BlockingRunner
 from stackwatch.probes.httpclient import HTTPClients, HTTPRequest, fetch
+from stackwatch.probes.rediskv import RedisClients, RedisSource
 from stackwatch.probes.jsonquery import (
     JSONPathExpr,
     JSONPathField,
@@ -180,17 +182,19 @@ class Source(Model):
     http: HTTPSource | None = None
     sql: SQLSource | None = None
     file: FileSource | None = None
+    redis: RedisSource | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Source:
-        given = [k for k in ("http", "sql", "file") if getattr(self, k) is not None]
+        given = [k for k in ("http", "sql", "file", "redis") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f'source "{self.name}" needs exactly one of http, sql, file (got {", ".join(given) or "none"})')
+            raise ValueError(f'source "{self.name}" needs exactly one of http, sql, file, redis '
+                             f'(got {", ".join(given) or "none"})')
         return self
 
     @property
     def kind(self) -> str:
-        return "http" if self.http else "sql" if self.sql else "file"
+        return "http" if self.http else "sql" if self.sql else "redis" if self.redis else "file"
 
 
 class Tolerance(Model):
@@ -236,7 +240,8 @@ class ConsistencyTarget(TargetConfig):
                 "are no default invariants; see CHANGELOG.md)"]
 
     def extra_secrets(self) -> list[str]:
-        return [x for s in self.sources if s.sql for x in sqldb.url_secrets(s.sql.url)]
+        return ([x for s in self.sources if s.sql for x in sqldb.url_secrets(s.sql.url)]
+                + [x for s in self.sources if s.redis for x in s.redis.secrets()])
 
 
 VALUE = Family("stackwatch_consistency_value", "gauge", "A field's value as read from one source.")
@@ -255,6 +260,12 @@ SPREAD_RATIO = Family("stackwatch_consistency_spread_ratio", "gauge",
 FIELD_AGREE = Family("stackwatch_consistency_field_agreement", "gauge",
                      "1 if the sources agree on the field within its tolerance.", healthy=1, failing="the sources disagree on {field}")
 AGREE = Family("stackwatch_consistency_agreement", "gauge", "1 if the sources agree on every field.")
+REDIS_TTL = Family("stackwatch_consistency_redis_key_ttl_seconds", "gauge",
+                   "TTL of a Redis key a source reads (-1: never expires, -2: does not exist).")
+REDIS_REFRESHED = Family("stackwatch_consistency_redis_key_refreshed_timestamp_seconds", "gauge",
+                         "When the key was last refreshed: its value changed, its TTL went up or it appeared.")
+REDIS_MAX_AGE = Family("stackwatch_consistency_redis_key_max_age_seconds", "gauge",
+                       "Configured: how often the application should refresh the key.")
 CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "gauge",
                  "When the source's value of the field last changed (first seen, if never), for stuck sources (M5).")
 
@@ -271,6 +282,9 @@ class ConsistencyState(KindState):
         self.http = HTTPClients()
         self.engines = sqldb.Engines()
         self.runner = BlockingRunner("consistency-sql")
+        self.redis = RedisClients()
+        self.refreshed: dict[tuple[str, str, str], tuple[float, str, float, float]] = {}
+        """(target, source, key) -> (last TTL, last values read from it, when last refreshed, when read)"""
         self.history: dict[tuple[str, str, str], tuple[float, float]] = {}
         """(target, source, field) -> (last value, unix time it last changed), kept in the state
         store too: a restart must not make a source that is stuck look freshly changed."""
@@ -296,10 +310,29 @@ class ConsistencyState(KindState):
         if self.store is not None and gone:
             self.store.delete_values(STORE_NAMESPACE, [KEY_SEP.join(k) for k in gone])
         self.engines.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
+        self.redis.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.redis})
+        keys = {(t.name, s.name, k) for t in targets for s in t.sources if s.redis for k in s.redis.keys}
+        for key in [k for k in self.refreshed if k not in keys]:
+            del self.refreshed[key]
 
     async def close(self) -> None:
         self.engines.close()
         await self.http.close()
+        await self.redis.close()
+
+    def key_refreshed(self, key: tuple[str, str, str], ttl: float, seen: str, now: float) -> float:
+        """When the Redis key was last refreshed (see rediskv), updated with this reading: its
+        values changed, or its TTL is higher than the last one minus the time since (a new
+        ``SET ... EX``; two seconds of slack for the two clocks and the read's own time)."""
+        last = self.refreshed.get(key)
+        if last is None or seen != last[1]:
+            at = now
+        elif ttl >= 0 and (last[0] < 0 or ttl > last[0] - (now - last[3]) + 2.0):
+            at = now
+        else:
+            at = last[2]
+        self.refreshed[key] = (ttl, seen, at, now)
+        return at
 
 
 # ------------------------------------------------------------------ reading sources
@@ -358,6 +391,21 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
                     values[field] = to_number(row[field])
                 except ValueError as exc:
                     raise ProbeFailure(Reason.EXTRACTION, f"column {field}: {exc}") from None
+        return values, None
+    if s.redis is not None:
+        spec = s.redis
+        client = state.redis.client(f"{t.name}/{s.name}", spec, t.deadline)
+        values, ttls, lines = await rediskv.read(client, spec)
+        for line in lines:
+            ctx.log(line)
+        now = time.time()
+        for key, ttl in ttls.items():
+            label = sanitize_label_value(key)
+            seen = ",".join(f"{n}={v!r}" for n, v in values.items() if spec.fields[n].key == key)
+            ctx.sample(REDIS_TTL, ttl, source=s.name, key=label)
+            ctx.sample(REDIS_REFRESHED, state.key_refreshed((t.name, s.name, key), ttl, seen, now), source=s.name, key=label)
+            if key in spec.max_age:
+                ctx.sample(REDIS_MAX_AGE, spec.max_age[key], source=s.name, key=label)
         return values, None
     assert s.file is not None
     return _extract(_read_file(s.file), s.file.fields), None
