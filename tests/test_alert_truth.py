@@ -41,8 +41,8 @@ EXPECTED = {
                                                        "reason connection_refused"),
     ("StackwatchDatabaseNotConfigured", "esg-db"): ("critical", "The database URL of esg-db is empty"),
     ("StackwatchDatabaseSchemaMissing", "trading-db"): ("critical", "missing strategies.strategy_type"),
-    ("StackwatchInvariantViolated", "models"): ("critical", 'Source buggy of models breaks "active <= total"'),
-    ("StackwatchAlgorandAssetMissing", "chain"): ("critical", "token"),
+    ("StackwatchInvariantViolated", "models"): ("critical", 'Source buggy of models breaks "active <= total": active=127, total=63'),
+    ("StackwatchAlgorandAssetMissing", "chain"): ("critical", "token watched by chain does not exist on the node's network"),
     ("StackwatchAlgorandAccountUnderfunded", "chain"): ("critical", "admin"),
     # a node runner: one account's key 1,000 rounds (~48 min) from expiry, another account
     # suspended, and a protocol upgrade this algod does not support
