@@ -13,6 +13,7 @@ reads history from Prometheus instead, which spans its retention.
 from __future__ import annotations
 
 import base64
+import zlib
 from array import array
 from dataclasses import dataclass
 
@@ -129,15 +130,19 @@ class History:
         self._base = at
 
     def dump(self) -> str:
-        """The two rings (not the latency points), for the state store: survives a restart."""
-        return base64.b64encode(self.quarter.dump() + self.day.dump()).decode()
+        """The two rings (not the latency points), for the state store: survives a restart.
+        Compressed (~1.8 KB of arrays to a few hundred bytes: bucket ids run in sequence and
+        counts repeat), so saving 20,000 targets writes megabytes, not tens of them."""
+        return "z1:" + base64.b64encode(zlib.compress(self.quarter.dump() + self.day.dump(), 1)).decode()
 
     @classmethod
     def restored(cls, text: str) -> History | None:
         """A History from :meth:`dump`'s text, or None when it does not fit (another version)."""
+        if not text.startswith("z1:"):
+            return None
         try:
-            data = base64.b64decode(text, validate=True)
-        except (ValueError, TypeError):
+            data = zlib.decompressobj().decompress(base64.b64decode(text[3:], validate=True), 8192)
+        except (ValueError, TypeError, zlib.error):
             return None
         h = cls()
         q = len(h.quarter.dump())
