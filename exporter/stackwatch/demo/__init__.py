@@ -56,26 +56,36 @@ MODEL_COUNT_INVARIANTS = ["active <= total", "operational + degraded + outage <=
 DEMO_ALGOD_TOKEN = "demo-algod-token-" + "d" * 47
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def bound_socket(reserved: frozenset[int] = frozenset()) -> socket.socket:
+    """A loopback socket bound now to a port the kernel picked, never one of ``reserved`` (the
+    demo's own listen, Prometheus and Alertmanager ports, bound only later): held from here on,
+    so no other process can take the port meanwhile (no race between choosing and binding)."""
+    for _ in range(100):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        if sock.getsockname()[1] not in reserved:
+            return sock
+        sock.close()
+    raise OSError("no free loopback port")
 
 
 class Platform:
     """The simulated services (aiohttp apps) and their SQLite databases."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, reserved: frozenset[int] = frozenset()):
         self.dir = workdir
-        self.main_port = free_port()
-        self.trading_port = free_port()
-        self.esg_port = free_port()  # nothing listens there: the ESG backend refuses connections
+        self.socks = {name: bound_socket(reserved) for name in
+                      ("main", "trading", "esg", "algod", "indexer", "node", "node_indexer")}
+        port = {name: sock.getsockname()[1] for name, sock in self.socks.items()}
+        self.main_port, self.trading_port = port["main"], port["trading"]
+        # Bound and never listening: connections to it are refused, as to the ESG backend.
+        self.esg_port = port["esg"]
         self.algod = FakeAlgorand(DEMO_ALGOD_TOKEN, seed_000_state(DEMO_ALGOD_TOKEN), record=False)
-        self.algod_port, self.indexer_port = free_port(), free_port()
+        self.algod_port, self.indexer_port = port["algod"], port["indexer"]
         runner = node_runner_state(DEMO_ALGOD_TOKEN, expires_in_rounds=1_000, rounds_since_seen=30_000)
         runner["upgrade"] = {"rounds": 120_000, "supported": True}
         self.node = FakeAlgorand(DEMO_ALGOD_TOKEN, runner, record=False)
-        self.node_port, self.node_indexer_port = free_port(), free_port()
+        self.node_port, self.node_indexer_port = port["node"], port["node_indexer"]
         self.cache = {"totalModels": 60, "activeModels": 50, "operationalModels": 48, "degradedModels": 1,
                       "outageModels": 1}
         self.trading_requests = itertools.count(1)
@@ -164,19 +174,21 @@ class Platform:
         main.router.add_post("/webhook", self._webhook)
         trading = web.Application()
         trading.router.add_get("/health", self._trading)
-        for app, port in ((main, self.main_port), (trading, self.trading_port)):
+        for app, name in ((main, "main"), (trading, "trading")):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.SockSite(runner, self.socks[name]).start()
             self.runners.append(runner)
-        await self.algod.start(self.algod_port, self.indexer_port)
-        await self.node.start(self.node_port, self.node_indexer_port)
+        await self.algod.start_on(self.socks["algod"], self.socks["indexer"])
+        await self.node.start_on(self.socks["node"], self.socks["node_indexer"])
 
     async def stop(self) -> None:
         await self.algod.stop()
         await self.node.stop()
         for r in self.runners:
             await r.cleanup()
+        for sock in self.socks.values():
+            sock.close()
 
     # -- the stackwatch config that watches it
     def config(self) -> dict[str, Any]:
@@ -301,7 +313,8 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
         tmp = tempfile.TemporaryDirectory(prefix="stackwatch-demo-")
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
-    platform = Platform(workdir)
+    reserved = frozenset({int(port), prom_port, am_port} if with_prometheus else {int(port)})
+    platform = Platform(workdir, reserved)
     await platform.start()
     cfg_path = workdir / "stackwatch-demo.yml"
     cfg_path.write_text("# Written by `stackwatch demo`.\n" + yaml.safe_dump(platform.config(), sort_keys=False))

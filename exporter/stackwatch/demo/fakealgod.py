@@ -260,6 +260,17 @@ class FakeAlgorand:
             await web.TCPSite(runner, host, port).start()
             self.runners.append(runner)
 
+    async def start_on(self, algod_sock: Any, indexer_sock: Any) -> None:
+        """Serve on sockets already bound (the caller chose the ports without a race)."""
+        self.algod_port, self.indexer_port = algod_sock.getsockname()[1], indexer_sock.getsockname()[1]
+        for handler, sock in ((self._algod, algod_sock), (self._indexer, indexer_sock)):
+            app = web.Application()
+            app.router.add_route("GET", "/{tail:.*}", handler)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+            self.runners.append(runner)
+
     async def stop(self) -> None:
         for r in self.runners:
             await r.cleanup()
