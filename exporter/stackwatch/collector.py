@@ -437,6 +437,18 @@ class Collector:
         joined whole (it is asked for rarely: curl, tests), family by family, yielding between
         slices, so a build never stalls running probes for more than a few ms.
         """
+        for _ in range(3):
+            generation = self.store.generation
+            body = await self._build_once(openmetrics, compress)
+            if self.store.generation == generation:
+                body.generation = generation
+                return body
+            # a reload replaced the targets while this body was built: it could hold both sets
+        body = await self._build_once(openmetrics, compress)
+        body.generation = self.store.generation
+        return body
+
+    async def _build_once(self, openmetrics: bool, compress: bool) -> _Body:
         store = self.store
         version = store.version
         names = self.families_in_use()
@@ -516,7 +528,7 @@ class Collector:
             if other != key and now - body.used_at > UNUSED_AFTER:
                 del self._cache[other]  # a format nobody asks for any more
         cached = self._cache.get(key)
-        if cached is not None:
+        if cached is not None and cached.generation == self.store.generation:
             cached.used_at = now
             if cached.version == self.store.version:
                 return cached
@@ -555,7 +567,8 @@ class Collector:
             lock = self._locks[key] = asyncio.Lock()
         async with lock:  # concurrent scrapes share one build
             cached = self._cache.get(key)
-            if cached is not None and cached.version == self.store.version:
+            if cached is not None and cached.version == self.store.version \
+                    and cached.generation == self.store.generation:
                 return cached
             started = time.monotonic()
             body = await self._build(*key)
@@ -583,6 +596,9 @@ class _Body:
     built_at: float
     data: bytes
     """The body, gzipped for a gzip cache entry."""
+    generation: int = -1
+    """The store's target set (Store.generation) the body was built from: a body of another
+    set (before a reload) is never served, however recent."""
     used_at: float = field(default_factory=time.monotonic)
 
 
