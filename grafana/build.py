@@ -152,7 +152,7 @@ def overview() -> Dashboard:
                          q('min(up{job="stackwatch"})', instant=True), steps((None, "red"), (1, "green")),
                          alert="StackwatchExporterDown"))
         .with_panel(table("Status of every target", "Up (1) or down (0), the failure reason, and the probe duration, "
-                          "like the status tables of seed 000.", "short",
+                          "as a status table.", "short",
                           q(f"stackwatch_probe_success{{{T}}}", instant=True, table=True),
                           q(f"stackwatch_probe_failure_reason{{{T}}} == 1", instant=True, table=True),
                           q(f"stackwatch_probe_last_duration_seconds{{{T}}}", instant=True, table=True),
@@ -260,7 +260,7 @@ def databases() -> Dashboard:
 def algorand() -> Dashboard:
     return (
         base("stackwatch-algorand", "stackwatch / Algorand",
-             "Node sync, network, fee headroom, assets and transactions (seed 000).", "stackwatch_algorand_node_healthy")
+             "Node sync, network, fee headroom, assets, transactions and consensus participation.", "stackwatch_algorand_node_healthy")
         .with_row(Row("Node"))
         .with_panel(stat("Node ready", "1 if /ready answered 200.", "short",
                          q(f"stackwatch_algorand_node_ready{{{T}}}", "{{target}}", instant=True),
@@ -320,7 +320,7 @@ def algorand() -> Dashboard:
 def consistency() -> Dashboard:
     return (
         base("stackwatch-consistency", "stackwatch / Consistency (model counts)",
-             "The same counts from several sources, compared (seed 002).", "stackwatch_consistency_agreement")
+             "The same counts from several sources, compared.", "stackwatch_consistency_agreement")
         .with_row(Row("Values"))
         .with_panel(ts("Values by source", "Each field as each source reports it; a line at the 200 plausibility "
                        "limit (M3).", "short", q(f"stackwatch_consistency_value{{{T}}}", "{{source}} {{field}}"),
