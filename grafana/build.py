@@ -166,6 +166,15 @@ def overview() -> Dashboard:
                               "columnField": "target", "rowField": "value", "valueField": "Value"})], span=12))
         .with_panel(table("Versions", "Versions services report (info: {version: ...}).", "short",
                           q(f'stackwatch_http_body_info{{key="version",{T}}}', instant=True, table=True), span=12))
+        .with_row(Row("Scheduled jobs (heartbeats)"))
+        .with_panel(ts("Time since each job's last success", "Seconds since each heartbeat check's job last "
+                       "reported success; the saw-tooth of a job on schedule, a climbing line for one that stopped.",
+                       "s", q(f"time() - stackwatch_heartbeat_last_success_timestamp_seconds{{{T}}}", "{{target}}"),
+                       alert="StackwatchHeartbeatMissed", span=12))
+        .with_panel(table("Jobs overdue or failing", "Heartbeat checks past their due time and grace (missed), "
+                          "whose last run failed, or running too long.", "short",
+                          q(f'stackwatch_probe_failure_reason{{kind="heartbeat",{T}}} == 1', instant=True, table=True),
+                          alert="StackwatchHeartbeatMissed", span=12))
     )
 
 

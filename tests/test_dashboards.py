@@ -150,6 +150,7 @@ def test_demo_shows_the_seed_failures(demo):
     assert reasons.get("trading-db") == "schema"
     assert reasons.get("ai-go-models") == "invariant"
     assert prom.value('stackwatch_algorand_asset_exists{asset="pam-token"}') == 0
+    assert reasons.get("nightly-export") == "failed"  # the demo's failed nightly run, reported to its heartbeat
     assert prom.value('stackwatch_algorand_account_fee_headroom_transactions{account="admin"}') == 0
     # trading-backend fails every 4th request: some failures, some successes
     assert prom.wait_for('increase(stackwatch_probes_total{target="trading-backend",result="failure"}[1m]) > 0',

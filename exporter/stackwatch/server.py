@@ -234,7 +234,7 @@ async def status_page(request: web.Request) -> web.Response:
         if st.result is not None and status in ("down", "up", "degraded"):
             reason = (f"{'down' if status == 'down' else 'up'} since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(st.since))} "
                       f"UTC ({human_duration(now - st.since)}). {reason}").strip()
-        if t.kind == "heartbeat" and status != "pending":
+        if t.kind == "heartbeat" and status in ("up", "degraded"):  # a failure's reason says it already
             reason = f"{reason} {_heartbeat_due(ex, t, now)}".strip()
         window = ex.config.in_maintenance(t.name, now)
         if window is not None:
@@ -291,8 +291,9 @@ async def target_page(request: web.Request) -> web.Response:
             + f"<h2>Uptime</h2><p>24h {sp.pct(h.uptime_24h)} · 90d {sp.pct(h.uptime_90d)} "
             f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
             f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
-            f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"
-            f"{sp.alerts_html(alerts, name)}")
+            + (f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"
+               if st.target.kind != "heartbeat" else "")  # a heartbeat's "probe" only reads the store
+            + sp.alerts_html(alerts, name))
     return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
 
 
@@ -312,7 +313,7 @@ def _heartbeat_html(ex: Exporter, t: Any, now: float) -> str:
     if row is None:
         return ""
     items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in heartbeat.details(t, row, now))
-    return f"<h2>Job</h2><table>{items}</table>"
+    return f"<h2>Job</h2><table class='job'>{items}</table>"
 
 
 API_PAGE = 500

@@ -344,7 +344,7 @@ vertical-align:top;font-size:.9em}.state{font-weight:bold;text-transform:upperca
 .pending .state{color:#757575}.note{color:#555;font-size:.85em}.summary span{margin-right:1.2em}
 svg{display:block;max-width:100%}.reason{max-width:32em;word-break:break-word}
 @media (max-width:640px){body{margin:.6em}table,tbody,tr,td{display:block;width:100%}tr:first-child{display:none}
-tr{border-bottom:1px solid #ddd;padding:.5em 0}td{border:0;padding:2px 0}td svg{width:100%;height:12px}
+table.job tr:first-child{display:block}tr{border-bottom:1px solid #ddd;padding:.5em 0}td{border:0;padding:2px 0}td svg{width:100%;height:12px}
 .reason{max-width:none}}"""
 
 

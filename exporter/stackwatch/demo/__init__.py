@@ -11,6 +11,8 @@ Everything runs in this one process on loopback ports, with no setup:
 * AI-GO's model counts from a database, an API, a lagging cache, a deployed copy showing 128
   active of 74 and a fallback file stuck at 139, which disagree (seed 002);
 * a fake algod in the seed 000 state: the token does not exist, the admin account holds 0 ALGO;
+* two scheduled jobs reporting to heartbeat checks: a model-sync worker on time (the demo
+  reports for it every 20 s) and a nightly export whose last run reported a failure;
 * a second fake algod for a node runner: an account online in consensus whose participation key
   expires in 1,000 rounds, which has not proposed for three quarters of its absence window, on a
   network that scheduled a protocol upgrade.
@@ -54,6 +56,7 @@ AI_GO_API = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "de
 MODEL_COUNT_INVARIANTS = ["active <= total", "operational + degraded + outage <= active", "0 <= total <= 200"]
 """The platform's own rules for its model counts (the product has no default invariants)."""
 DEMO_ALGOD_TOKEN = "demo-algod-token-" + "d" * 47
+DEMO_PUSH_TOKEN = "demo-push-token-" + "e" * 16
 
 
 def bound_socket(reserved: frozenset[int] = frozenset()) -> socket.socket:
@@ -91,6 +94,7 @@ class Platform:
         self.trading_requests = itertools.count(1)
         self.runners: list[web.AppRunner] = []
         self.notifications: list[str] = []
+        self.worker: asyncio.Task[None] | None = None
 
     # -- databases
     def make_databases(self) -> None:
@@ -185,10 +189,39 @@ class Platform:
     async def stop(self) -> None:
         await self.algod.stop()
         await self.node.stop()
+        if self.worker is not None:
+            self.worker.cancel()
         for r in self.runners:
             await r.cleanup()
         for sock in self.socks.values():
             sock.close()
+
+    def start_worker(self, exporter_url: str) -> None:
+        """The simulated jobs: the nightly export reports a failed run once, the model-sync worker
+        reports success every 20 s."""
+        async def report() -> None:
+            import aiohttp
+
+            headers = {"Authorization": f"Bearer {DEMO_PUSH_TOKEN}"}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                while True:  # the nightly export's last run: it failed
+                    try:
+                        async with session.post(f"{exporter_url}/push/nightly-export/1", headers=headers,
+                                                data=b"export failed: disk full on /var/backups") as resp:
+                            await resp.read()
+                        break
+                    except (aiohttp.ClientError, TimeoutError):
+                        await asyncio.sleep(1)  # the exporter is not listening yet
+                while True:
+                    try:
+                        async with session.post(f"{exporter_url}/push/model-sync", headers=headers,
+                                                data=b"synced 63 models") as resp:
+                            await resp.read()
+                    except (aiohttp.ClientError, TimeoutError):
+                        await asyncio.sleep(1)  # the exporter is not listening yet
+                        continue
+                    await asyncio.sleep(20)
+        self.worker = asyncio.get_running_loop().create_task(report())
 
     # -- the stackwatch config that watches it
     def config(self) -> dict[str, Any]:
@@ -245,6 +278,13 @@ class Platform:
                  "accounts": [{"alias": "admin", "address": ADMIN, "min_balance_algo": 1}],
                  "assets": [{"alias": "pam-token", "id": PAM_ASSET, "creator": ADMIN, "holders": ["admin"]}],
                  "transactions": [{"alias": "pam-token-create", "txid": CREATE_TXID}]},
+                # a worker that reports every 20 s, and a nightly export whose last run reported a
+                # failure (exit code 1) at start (the demo sends both reports)
+                {"name": "model-sync", "kind": "heartbeat", "schedule": {"every": "30s"}, "grace": "15s",
+                 "token": "${DEMO_PUSH_TOKEN}"},
+                {"name": "nightly-export", "kind": "heartbeat",
+                 "schedule": {"cron": "0 3 * * *", "timezone": "Europe/Berlin"}, "grace": "30m", "max_run_time": "2h",
+                 "token": "${DEMO_PUSH_TOKEN}"},
                 {"name": "validator-node", "kind": "algorand", "algod_url": f"http://127.0.0.1:{self.node_port}",
                  "algod_token": "${DEMO_ALGOD_TOKEN}", "algod_admin_token": "${DEMO_ALGOD_ADMIN_TOKEN}",
                  "network": "testnet-v1.0",
@@ -320,6 +360,7 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     cfg_path.write_text("# Written by `stackwatch demo`.\n" + yaml.safe_dump(platform.config(), sort_keys=False))
     os.environ["DEMO_ALGOD_TOKEN"] = DEMO_ALGOD_TOKEN  # the config reads it as ${DEMO_ALGOD_TOKEN}
     os.environ["DEMO_ALGOD_ADMIN_TOKEN"] = DEMO_ALGOD_TOKEN + "-admin"  # the fake node's admin token
+    os.environ["DEMO_PUSH_TOKEN"] = DEMO_PUSH_TOKEN  # the heartbeats' push token
     config = parse_config(cfg_path.read_text(), str(cfg_path))
     shown = f"{host or '127.0.0.1'}:{port}"
     print(f"stackwatch demo: {len(config.targets)} targets watching a simulated platform\n"
@@ -331,6 +372,8 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
     if with_prometheus:
         exporter.remotes.prometheus = f"http://127.0.0.1:{prom_port}"
         exporter.remotes.alertmanager = f"http://127.0.0.1:{am_port}"
+    platform.start_worker(f"http://127.0.0.1:{port}" if host in ("", "0.0.0.0", "::", "[::]")
+                          else f"http://{host}:{port}")
     try:
         await serve(exporter, listen)
     finally:
