@@ -310,10 +310,10 @@ async def test_a_healthy_participating_node_and_account(fake):
     r, text = await probe(runner_target(fake))
     assert r.success, r.message
     assert one(text, "account_online") == 1 and one(text, "participation_key_on_node") == 1
-    assert one(text, "participation_key_expires_in_rounds") == 200_000
+    assert one(text, "participation_key_expires_in_rounds") == 1_000_000
     # the round time is measured from block timestamps (the fake's 2.85 s, to the second's truncation)
     assert series(text, "round_duration_seconds")[""] == pytest.approx(2.85, abs=0.002)
-    assert one(text, "participation_key_expires_in_seconds") == pytest.approx(200_000 * 2.85, rel=0.001)
+    assert one(text, "participation_key_expires_in_seconds") == pytest.approx(1_000_000 * 2.85, rel=0.001)
     assert one(text, "participation_rounds_since_last_vote") == 2
     assert one(text, "participation_rounds_since_last_proposal") == 100
     # absence window: 20 x online stake / account stake = 20 x 2e15 / 1e12 rounds; last seen 100 rounds ago
@@ -326,15 +326,15 @@ async def test_a_healthy_participating_node_and_account(fake):
 
 @pytest.mark.parametrize("change, metric, value, failing", [
     (lambda s: s["accounts"][PARTICIPANT]["participation"].update({"vote-last-valid": s["last_round"] + 50_000}),
-     "participation_key_expires_in_rounds", 50_000, None),
+     "participation_key_expires_in_rounds", 50_000, "participation_key_lasts"),
     (lambda s: s.update({"participation_keys": []}), "participation_key_on_node", 0,
      "participation_key_on_node"),
     (lambda s: s["participation_keys"][0]["key"].update({"vote-participation-key": "b3RoZXIta2V5LTAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="}),
      "participation_key_on_node", 0, "participation_key_on_node"),
     (lambda s: s["participation_keys"][0].update({"last-vote": s["last_round"] - 5_000}),
-     "participation_rounds_since_last_vote", 5_000, None),
+     "participation_rounds_since_last_vote", 5_000, "participation_voting"),
     (lambda s: s["accounts"][PARTICIPANT].update({"last-proposed": s["last_round"] - 30_000}),
-     "participation_absence_elapsed_ratio", 0.75, None),
+     "participation_absence_elapsed_ratio", 0.75, "participation_present"),
     (lambda s: s["accounts"][PARTICIPANT].update({"status": "Offline", "incentive-eligible": False}),
      "account_online", 0, "account_online"),
     (lambda s: s["accounts"][PARTICIPANT].update({"incentive-eligible": False}), "account_incentive_eligible", 0, None),

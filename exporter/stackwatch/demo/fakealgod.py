@@ -53,7 +53,7 @@ SELECTION_KEY = "c2VsZWN0aW9uLXBhcnRpY2lwYXRpb24ta2V5LTAwMDA="
 STATE_PROOF_KEY = "c3RhdGUtcHJvb2Yta2V5LTAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="
 
 
-def node_runner_state(token: str, expires_in_rounds: int = 200_000, rounds_since_seen: int = 100,
+def node_runner_state(token: str, expires_in_rounds: int = 1_000_000, rounds_since_seen: int = 100,
                       stake_algo: int = 1_000_000) -> dict[str, Any]:
     """A node keeping one account online: its key valid for ``expires_in_rounds`` more rounds and
     held by the node, last seen (proposal) ``rounds_since_seen`` rounds ago, ``stake_algo`` staked."""

@@ -256,6 +256,14 @@ INCENTIVE = Family(P + "account_incentive_eligible", "gauge", "1 if the account 
 INCENTIVE_EXPECTED = Family(P + "account_incentive_expected", "gauge", "Configured: 1 if the account should be eligible for block payouts.")
 PAYOUT_BAND = Family(P + "account_in_payout_band", "gauge", "1 if the balance is within the protocol's payout band (30,000 to 70,000,000 ALGO).")
 
+# The same thresholds as checks, so the status page shows the account degraded when an alert fires.
+KEY_OK = Family(P + "participation_key_lasts", "gauge", "1 if the registered key lasts longer than key_expiry_warning.",
+                healthy=1, failing="the participation key of account {account} expires soon")
+VOTING_OK = Family(P + "participation_voting", "gauge", "1 if the key voted within max_rounds_without_vote.",
+                   healthy=1, failing="the participation key of account {account} is not voting")
+PRESENT_OK = Family(P + "participation_present", "gauge", "1 if less than suspension_risk of the absence window is used.",
+                    healthy=1, failing="account {account} risks suspension for absence")
+
 ABSENT_FACTOR = 20
 """go-algorand's absenteeism factor: an online, incentive-eligible account is suspended when it has
 neither proposed nor sent a heartbeat for about ABSENT_FACTOR x (online stake / its stake) rounds."""
@@ -441,7 +449,8 @@ def _participation(t: AlgorandTarget, algod: Any, infos: dict[str, dict[str, Any
         if online and last_valid:
             out += [(KEY_LAST_VALID, lab, last_valid), (KEY_EXPIRES_ROUNDS, lab, last_valid - last_round)]
             if round_time:
-                out.append((KEY_EXPIRES_SECONDS, lab, (last_valid - last_round) * round_time))
+                left = (last_valid - last_round) * round_time
+                out += [(KEY_EXPIRES_SECONDS, lab, left), (KEY_OK, lab, 1 if left >= cfg.key_expiry_warning else 0)]
         if info.get("last-proposed"):
             out.append((SINCE_PROPOSAL, lab, last_round - int(info["last-proposed"])))
         seen = max(int(info.get("last-proposed") or 0), int(info.get("last-heartbeat") or 0))
@@ -449,7 +458,8 @@ def _participation(t: AlgorandTarget, algod: Any, infos: dict[str, dict[str, Any
             window = ABSENT_FACTOR * online_stake / amount
             out.append((ABSENCE_WINDOW, lab, window))
             if seen:
-                out.append((ABSENCE_ELAPSED, lab, (last_round - seen) / window))
+                used = (last_round - seen) / window
+                out += [(ABSENCE_ELAPSED, lab, used), (PRESENT_OK, lab, 1 if used <= cfg.suspension_risk else 0)]
         if keys is not None and online:
             registered = part.get("vote-participation-key")
             mine = [k for k in keys if k.get("address") == a.address
@@ -459,7 +469,8 @@ def _participation(t: AlgorandTarget, algod: Any, infos: dict[str, dict[str, Any
             out.append((KEY_ON_NODE, lab, 1 if valid else 0))
             votes = [int(k["last-vote"]) for k in valid if k.get("last-vote")]
             if votes:
-                out.append((SINCE_VOTE, lab, last_round - max(votes)))
+                since = last_round - max(votes)
+                out += [(SINCE_VOTE, lab, since), (VOTING_OK, lab, 1 if since <= cfg.max_rounds_without_vote else 0)]
             elif valid:  # registered but never voted yet: count from the key's first valid round
                 out.append((SINCE_VOTE, lab, max(0, last_round - int(valid[0].get("effective-first-valid") or last_round))))
         log.append(f"account {a.alias}: {info.get('status')}, key valid to {last_valid or '-'}, "
