@@ -138,12 +138,13 @@ class Prometheus(Process):
 
     def __init__(self, tmp: Path, scrape_configs: list[dict[str, Any]], rule_files: list[str] | None = None,
                  alertmanagers: list[str] | None = None, evaluation_interval: str = "1s",
-                 scrape_interval: str = "1s", extra_args: list[str] | None = None):
+                 scrape_interval: str = "1s", extra_args: list[str] | None = None, data_dir: Path | None = None):
         binary = require_binary("prometheus")
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.dir = tmp / f"prometheus-{self.port}"
         self.dir.mkdir()
+        data = data_dir or self.dir / "data"  # data_dir: a TSDB filled beforehand (promtool backfill)
         config: dict[str, Any] = {
             "global": {"scrape_interval": scrape_interval, "scrape_timeout": "900ms",
                        "evaluation_interval": evaluation_interval},
@@ -155,7 +156,7 @@ class Prometheus(Process):
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                          f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{self.port}",
                           "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
                          self.dir / "prometheus.log")
         try:

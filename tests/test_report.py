@@ -147,3 +147,40 @@ def test_durations_and_budgets_read_as_people_write_them():
     assert _budget(0.25) == "25.0 % spent, 75.0 % left"
     assert _budget(33.333) == "exhausted (3333 % of it spent in this window)"
     assert _budget(None) == "n/a"
+
+
+def test_incidents_at_scrape_resolution_from_backfilled_history(tmp_path):
+    """Six hours of history written into Prometheus's TSDB with promtool (15 s scrapes): a 30 s
+    outage and a 2-hour one are each found, starting and ending within one scrape interval."""
+    from harness import require_binary
+
+    now = int(time.time()) // 15 * 15
+    end = now - 300  # the last sample five minutes ago
+    start = end - 6 * 3600
+    short_at, long_at = start + 2 * 3600, start + 3 * 3600
+    lines = ["# HELP stackwatch_probe_success 1 if the last probe succeeded.", "# TYPE stackwatch_probe_success gauge"]
+    for ts in range(start, end + 1, 15):
+        down = {"shop": short_at <= ts < short_at + 30, "api": long_at <= ts < long_at + 7200, "web": False}
+        for target, is_down in down.items():
+            lines.append(f'stackwatch_probe_success{{job="stackwatch",instance="sw:9938",target="{target}",'
+                         f'kind="http"}} {0 if is_down else 1} {ts}')
+    (tmp_path / "history.om").write_text("\n".join(lines) + "\n# EOF\n")
+    data = tmp_path / "tsdb"
+    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
+                           str(tmp_path / "history.om"), str(data)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    prom = Prometheus(tmp_path, [], data_dir=data)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "stackwatch", "report", "--prometheus", prom.base, "--since",
+                               "7h"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        from stackwatch.report import Prom, _incidents
+
+        found = {i.target: i for i in _incidents(Prom(prom.base), now - 7 * 3600, now, {})}
+    finally:
+        prom.stop()
+    assert set(found) == {"shop", "api"}, found
+    assert abs(found["shop"].start - short_at) <= 15 and abs(found["shop"].duration(now) - 30) <= 15
+    assert abs(found["api"].start - long_at) <= 15 and abs(found["api"].duration(now) - 7200) <= 15
+    assert "shop" in proc.stdout and "api" in proc.stdout
+    assert re.search(r"api\W.*2 h", proc.stdout) and re.search(r"shop\W.*30 s", proc.stdout), proc.stdout

@@ -79,6 +79,13 @@ class Prom:
         return self._run(self.client.query_range(expr, start, end, step))
 
 
+RESOLUTION = 15.0
+"""Seconds between the points incidents are read at: Prometheus's usual scrape interval, so an
+outage of two failed scrapes (30 s) is found, and its start and end are within one interval."""
+MAX_POINTS = 10_000
+"""Points per series per range query (Prometheus refuses more than 11,000)."""
+
+
 @dataclass
 class Incident:
     target: str
@@ -121,7 +128,8 @@ def _value(sample: dict[str, Any]) -> float:
 
 
 def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None,
-          alertmanager: str | None = None, now: float | None = None, maintenance: list[Any] | None = None) -> Report:
+          alertmanager: str | None = None, now: float | None = None, maintenance: list[Any] | None = None,
+          resolution: float = RESOLUTION) -> Report:
     now = time.time() if now is None else now
     window = format_duration(since)
     r = Report(since, now)
@@ -174,7 +182,7 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
             v = _value(s)
             if not math.isnan(v):
                 into[s["metric"].get("target", "")] = v
-    r.incidents = _incidents(prom, now - since, now, r.reasons)
+    r.incidents = _incidents(prom, now - since, now, r.reasons, resolution)
     r.alerts = _alerts(prom, now - since, now)
     for name, expr in figures or []:
         cur = prom.query(f"sum({expr})", now)
@@ -195,23 +203,32 @@ def _step(since: float) -> float:
     return max(15.0, since / 1000)
 
 
-def _incidents(prom: Prom, start: float, end: float, reasons: dict[str, str]) -> list[Incident]:
-    step = _step(end - start)
+def _incidents(prom: Prom, start: float, end: float, reasons: dict[str, str],
+               resolution: float = RESOLUTION) -> list[Incident]:
+    """Outages at scrape resolution.  Only the failing points are asked for (``== 0`` drops the
+    others, so a day of a healthy fleet costs almost nothing), in chunks of MAX_POINTS; consecutive
+    failing points make one incident, which ends one step after its last failing point (or is
+    ongoing when that is the window's last)."""
+    down: dict[str, list[float]] = {}
+    t0 = start
+    while t0 <= end:
+        t1 = min(end, t0 + resolution * (MAX_POINTS - 1))
+        for s in prom.query_range("stackwatch_probe_success == 0", t0, t1, resolution):
+            down.setdefault(s["metric"].get("target", ""), []).extend(float(ts) for ts, _ in s["values"])
+        t0 = t1 + resolution
     out = []
-    for s in prom.query_range("stackwatch_probe_success", start, end, step):
-        t = s["metric"].get("target", "")
-        current: Incident | None = None
-        for ts, v in s["values"]:
-            ts = float(ts)
-            if float(v) == 0 and current is None:
-                current = Incident(t, ts, None)
-            elif float(v) == 1 and current is not None:
-                current.end = ts
-                out.append(current)
-                current = None
-        if current is not None:
-            current.reason = reasons.get(t, "")
-            out.append(current)
+    for target, points in down.items():
+        points.sort()
+        first = prev = points[0]
+        for ts in points[1:] + [None]:  # type: ignore[list-item]
+            if ts is not None and ts - prev <= resolution * 1.5:
+                prev = ts
+                continue
+            ongoing = prev >= end - resolution * 1.5
+            out.append(Incident(target, first, None if ongoing else prev + resolution,
+                                reasons.get(target, "") if ongoing else ""))
+            if ts is not None:
+                first = prev = ts
     return sorted(out, key=lambda i: i.start)
 
 
@@ -432,6 +449,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--alertmanager", default=None, help="Alertmanager base URL (urgent actions from its alerts)")
     p.add_argument("--since", default="24h", help="the window (default: %(default)s)")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    p.add_argument("--resolution", default="15s",
+                   help="how finely incidents are found: Prometheus's scrape interval (default: %(default)s)")
     p.add_argument("--figure", action="append", default=[], metavar="NAME=PROMQL",
                    help="a business figure: its value now and its change over the window")
     p.add_argument("--config.file", dest="config_file", default=None,
@@ -443,8 +462,12 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         since = parse_duration(args.since)
+        resolution = parse_duration(args.resolution)
     except ValueError as exc:
-        print(f"stackwatch report: --since: {exc}", file=sys.stderr)
+        print(f"stackwatch report: --since/--resolution: {exc}", file=sys.stderr)
+        return 2
+    if resolution <= 0:
+        print("stackwatch report: --resolution must be more than 0", file=sys.stderr)
         return 2
     figures = []
     for f in args.figure:
@@ -464,7 +487,8 @@ def main(argv: list[str]) -> int:
             print(exc.render(), file=sys.stderr)
             return 1
     try:
-        report = build(Prom(args.prometheus), since, figures, args.alertmanager, maintenance=windows)
+        report = build(Prom(args.prometheus), since, figures, args.alertmanager, maintenance=windows,
+                       resolution=resolution)
     except PromError as exc:
         print(f"stackwatch report: {exc}", file=sys.stderr)
         return 1
