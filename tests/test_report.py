@@ -80,6 +80,8 @@ def test_markdown_report_matches_promql(live):
     m = re.search(r"^\| probes run \| ([0-9.e+]+) \|", text, re.M)
     assert m and abs(float(m.group(1)) - now) <= 30, (m and m.group(1), now)
     assert "## Latency (goals: p50 < 500 ms, p95 < 2 s)" in text and re.search(r"^\| web \| \d+ ms \| \d+ ms \| met \|", text, re.M)
+    # refused in a few ms every time: no latency to meet a goal with (not "met")
+    assert "| api | n/a | n/a | MISSED (no successful probe) |" in text
 
 
 def test_html_report_and_telegram_delivery(live, tmp_path):

@@ -110,6 +110,8 @@ class Report:
     budget_spent: dict[str, float] = field(default_factory=dict)
     p50: dict[str, float] = field(default_factory=dict)
     p95: dict[str, float] = field(default_factory=dict)
+    unanswered: set[str] = field(default_factory=set)
+    """Targets without one successful probe in the window: no latency, the goal is not met."""
     incidents: list[Incident] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)  # alertname, target, severity, first, last
     figures: list[tuple[str, float | None, float | None]] = field(default_factory=list)
@@ -182,6 +184,14 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
             v = _value(s)
             if not math.isnan(v):
                 into[s["metric"].get("target", "")] = v
+    # A latency goal is about answers: a target with no successful probe in the window (refused
+    # in 2 ms, every time) has no latency to meet a goal with.
+    answered = {s["metric"].get("target", "") for s in prom.query(
+        f'sum by (target) (increase(stackwatch_probes_total{{result="success"}}[{window}])) > 0', now)}
+    for into in (r.p50, r.p95):
+        for t in [t for t in into if t not in answered]:
+            del into[t]
+            r.unanswered.add(t)
     r.incidents = _incidents(prom, now - since, now, r.reasons, resolution)
     r.alerts = _alerts(prom, now - since, now)
     for name, expr in figures or []:
@@ -362,7 +372,10 @@ def markdown(r: Report) -> str:
         lines += ["", "Maintenance windows (not counted as downtime):"] + [f"- {_md(m)}" for m in r.maintenance]
     lines += ["", f"## Latency (goals: p50 < {GOAL_P50 * 1000:.0f} ms, p95 < {GOAL_P95:.0f} s)", "",
               "| service | p50 | p95 | goals |", "|---|---|---|---|"]
-    for t in sorted(set(r.p50) | set(r.p95)):
+    for t in sorted(set(r.p50) | set(r.p95) | r.unanswered):
+        if t in r.unanswered:
+            lines.append(f"| {_md(t)} | n/a | n/a | MISSED (no successful probe) |")
+            continue
         met = (r.p50.get(t, 0) < GOAL_P50) and (r.p95.get(t, 0) < GOAL_P95)
         lines.append(f"| {_md(t)} | {_ms(r.p50.get(t))} | {_ms(r.p95.get(t))} | {'met' if met else 'MISSED'} |")
     rows, cols, cells = _matrix(r)
