@@ -88,6 +88,7 @@ def test_html_report_and_telegram_delivery(live, tmp_path):
     prom = live
     page = report(prom, "--format", "html")
     assert page.startswith("<!doctype html>") and "<table" in page and "<h2>Incidents" in page
+    assert '<b style="color:#c62828">DOWN</b>' in page  # states in colour (api is down)
     receivers = Receivers()
     try:
         token = tmp_path / "bot"
@@ -186,3 +187,16 @@ def test_incidents_at_scrape_resolution_from_backfilled_history(tmp_path):
     assert abs(found["api"].start - long_at) <= 15 and abs(found["api"].duration(now) - 7200) <= 15
     assert "shop" in proc.stdout and "api" in proc.stdout
     assert re.search(r"api\W.*2 h", proc.stdout) and re.search(r"shop\W.*30 s", proc.stdout), proc.stdout
+
+
+def test_runbook_links_follow_runbook_url_and_only_those_are_links():
+    from stackwatch.report import RULES_RUNBOOK, _decorate, _runbook
+
+    moved = _runbook(RULES_RUNBOOK + "#stackwatchtargetdown", "https://wiki.example/ops/runbook.html")
+    assert moved == "https://wiki.example/ops/runbook.html#stackwatchtargetdown"
+    assert _runbook(RULES_RUNBOOK + "#x", None) == RULES_RUNBOOK + "#x"
+    line = f"api is DOWN (runbook: {moved}); a label said (runbook: https://evil.example/#x)"
+    out = _decorate(line, "https://wiki.example/ops/runbook.html")
+    assert f'(<a href="{moved}">runbook</a>)' in out
+    assert "https://evil.example/#x)" in out and 'href="https://evil' not in out
+    assert '<b style="color:#c62828">DOWN</b>' in out

@@ -110,6 +110,8 @@ class Report:
     budget_spent: dict[str, float] = field(default_factory=dict)
     p50: dict[str, float] = field(default_factory=dict)
     p95: dict[str, float] = field(default_factory=dict)
+    runbook_base: str = "https://github.com/stackwatch/stackwatch/blob/main/docs/runbook.md"
+    """Runbook links on this base become links in the HTML report."""
     unanswered: set[str] = field(default_factory=set)
     """Targets without one successful probe in the window: no latency, the goal is not met."""
     incidents: list[Incident] = field(default_factory=list)
@@ -131,10 +133,12 @@ def _value(sample: dict[str, Any]) -> float:
 
 def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None,
           alertmanager: str | None = None, now: float | None = None, maintenance: list[Any] | None = None,
-          resolution: float = RESOLUTION) -> Report:
+          resolution: float = RESOLUTION, runbook_url: str | None = None) -> Report:
     now = time.time() if now is None else now
     window = format_duration(since)
     r = Report(since, now)
+    if runbook_url:
+        r.runbook_base = runbook_url.split("#", 1)[0]
     for s in prom.query("stackwatch_probe_success", now):
         m = s["metric"]
         t = m.get("target", "")
@@ -203,10 +207,19 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
         labels = a["labels"]
         if labels.get("severity") == "critical" and labels.get("alertname") != "StackwatchWatchdog":
             desc = a.get("annotations", {}).get("description", "")
-            runbook = a.get("annotations", {}).get("runbook_url", "")
+            runbook = _runbook(a.get("annotations", {}).get("runbook_url", ""), runbook_url)
             r.urgent.append(f"{labels.get('alertname')} on {labels.get('target', labels.get('instance', '?'))}: "
                             f"{desc}" + (f" (runbook: {runbook})" if runbook else ""))
     return r
+
+
+def _runbook(url: str, base: str | None) -> str:
+    """The alert's runbook link, on ``base`` (--runbook.url: where your copy of docs/runbook.md
+    is served) when given: the alert's anchor is kept."""
+    if not base or not url:
+        return url
+    anchor = url.partition("#")[2]
+    return base.split("#", 1)[0] + (f"#{anchor}" if anchor else "")
 
 
 def _step(since: float) -> float:
@@ -390,6 +403,22 @@ def markdown(r: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+STATE_COLOURS = {"DOWN": "#c62828", "DEGRADED": "#ef8f00", "UP": "#2e7d32", "MISSED": "#c62828"}
+RULES_RUNBOOK = "https://github.com/stackwatch/stackwatch/blob/main/docs/runbook.md"
+"""The runbook base the shipped rules' runbook_url annotations use."""
+
+
+def _decorate(text: str, runbook_base: str) -> str:
+    """HTML-escaped report text with state words in colour and the runbook links the report
+    itself appended made links.  Only URLs on the runbook base are linked: a label or reason
+    that carries "(runbook: http://elsewhere)" stays text."""
+    base = re.escape(html.escape(runbook_base))
+    text = re.sub(rf"\(runbook: ({base}(?:#[\w-]+)?)\)", r'(<a href="\1">runbook</a>)', text)
+    for word, colour in STATE_COLOURS.items():
+        text = re.sub(rf"(?<![\w-]){word}(?![\w-])", f'<b style="color:{colour}">{word}</b>', text)
+    return text
+
+
 def to_html(r: Report) -> str:
     """The report as an HTML e-mail body (inline styles, no external assets)."""
     out = ['<!doctype html><html><head><meta charset="utf-8"><title>Health report</title></head>'
@@ -399,7 +428,8 @@ def to_html(r: Report) -> str:
         if line.startswith("|"):
             if set(line) <= set("|-"):
                 continue
-            cells = [html.escape(_md_plain(c.strip())) for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            cells = [_decorate(html.escape(_md_plain(c.strip())), r.runbook_base)
+                     for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if not in_table:
                 out.append('<table style="border-collapse:collapse">')
                 in_table = True
@@ -409,7 +439,7 @@ def to_html(r: Report) -> str:
         if in_table:
             out.append("</table>")
             in_table = False
-        text = html.escape(_md_plain(re.sub(r"(?<!\\)\*\*", "", line)))
+        text = _decorate(html.escape(_md_plain(re.sub(r"(?<!\\)\*\*", "", line))), r.runbook_base)
         if line.startswith("# "):
             out.append(f"<h1>{text[2:]}</h1>")
         elif line.startswith("## "):
@@ -462,6 +492,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--alertmanager", default=None, help="Alertmanager base URL (urgent actions from its alerts)")
     p.add_argument("--since", default="24h", help="the window (default: %(default)s)")
     p.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    p.add_argument("--runbook.url", dest="runbook_url", default=None,
+                   help="where your copy of docs/runbook.md is served: runbook links point there (anchors kept)")
     p.add_argument("--resolution", default="15s",
                    help="how finely incidents are found: Prometheus's scrape interval (default: %(default)s)")
     p.add_argument("--figure", action="append", default=[], metavar="NAME=PROMQL",
@@ -501,7 +533,7 @@ def main(argv: list[str]) -> int:
             return 1
     try:
         report = build(Prom(args.prometheus), since, figures, args.alertmanager, maintenance=windows,
-                       resolution=resolution)
+                       resolution=resolution, runbook_url=args.runbook_url)
     except PromError as exc:
         print(f"stackwatch report: {exc}", file=sys.stderr)
         return 1
