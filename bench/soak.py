@@ -305,7 +305,7 @@ def main() -> int:
     ap.add_argument("--csv", type=Path, default=None, help="where the samples go (default: a temp file)")
     ap.add_argument("--json", type=Path, default=None, help="write the summary here too")
     args = ap.parse_args()
-    version = stackwatch_version()  # the code that runs: the checkout may change during a long run
+    args.version = stackwatch_version()  # the code that runs: the checkout may change during a long run
     swap = min(args.swap, int(args.targets * 0.75))
     drop = frozenset(args.drop)
     if "reloads" in drop:
@@ -463,7 +463,7 @@ def summarize(rows: list[dict[str, float]], columns: list[str], args: argparse.N
     mean = {c: sum(float(r.get(c) or 0) for r in steady) / len(steady) for c in columns[1:]}
     lags = sorted(float(r.get("lag_p99_ms") or 0) for r in steady)
     summary = {
-        "stackwatch": version, "date": time.strftime("%Y-%m-%d"), "targets": args.targets,
+        "stackwatch": args.version, "date": time.strftime("%Y-%m-%d"), "targets": args.targets,
         "sql": not args.no_sql, "dropped": sorted(args.drop), "duration_s": args.duration, "warmup_s": args.warmup, "samples": len(steady),
         "reloads": reloads, "slope_per_hour": {k: round(v, 3) for k, v in slopes.items()},
         "mean": {k: round(v, 2) for k, v in mean.items()},
