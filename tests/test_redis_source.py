@@ -58,6 +58,14 @@ BLOCK = f"""          url: {REDIS}
 """
 
 
+def fill(r, prefix: str, total: int, active: int, ex: int | None) -> None:
+    """The cache as the application writes it: stats JSON (with expiry ``ex``), a counts hash
+    without expiry, a job list of three."""
+    r.set(prefix + "stats", json.dumps({"totalModels": total}), ex=ex)
+    r.hset(prefix + "counts", mapping={"active": active})
+    r.rpush(prefix + "jobs", "a", "b", "c")
+
+
 def lines(text: str, family: str) -> dict[str, float]:
     out = {}
     for line in text.splitlines():
@@ -74,9 +82,7 @@ async def probe(t):
 
 async def test_json_hash_and_length_fields_and_ttls(cache, tmp_path):
     r, prefix = cache
-    r.set(prefix + "stats", json.dumps({"totalModels": 60}), ex=120)
-    r.hset(prefix + "counts", mapping={"active": 50})
-    r.rpush(prefix + "jobs", "a", "b", "c")
+    fill(r, prefix, total=60, active=50, ex=120)
     t = target(tmp_path, prefix, BLOCK)
     res, text = await probe(t)
     values = lines(text, "stackwatch_consistency_value")
@@ -94,9 +100,7 @@ async def test_json_hash_and_length_fields_and_ttls(cache, tmp_path):
 
 async def test_refresh_is_seen_from_the_ttl_and_the_value(cache, tmp_path):
     r, prefix = cache
-    r.set(prefix + "stats", json.dumps({"totalModels": 63}), ex=100)
-    r.hset(prefix + "counts", mapping={"active": 51})
-    r.rpush(prefix + "jobs", "a", "b", "c")
+    fill(r, prefix, total=63, active=51, ex=100)
     t = target(tmp_path, prefix, BLOCK)
     key = f'target="ai-go",kind="consistency",source="cache",key="{prefix}stats"'
 
@@ -117,9 +121,7 @@ async def test_refresh_is_seen_from_the_ttl_and_the_value(cache, tmp_path):
 
 async def test_cache_failures_have_their_reasons_and_hide_the_password(cache, tmp_path):
     r, prefix = cache
-    r.set(prefix + "stats", json.dumps({"totalModels": 63}))
-    r.hset(prefix + "counts", mapping={"active": 51})
-    r.rpush(prefix + "jobs", "a", "b", "c")
+    fill(r, prefix, total=63, active=51, ex=None)
     user = "sw-" + prefix.split(":")[1]
     password = "cAnary-redis-pw-" + uuid.uuid4().hex[:8]
     r.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])

@@ -386,9 +386,20 @@ class StateStore:
                 log.warning("state store: unreadable value skipped", extra={"namespace": namespace, "key": key})
         return out
 
-    def put_values(self, namespace: str, items: dict[str, Any]) -> Future[Any]:
+    def keyed_values(self, namespace: str, width: int) -> dict[tuple[str, ...], Any]:
+        """:meth:`values` for keys written as tuples (see :meth:`put_values`), of ``width`` parts."""
+        out = {}
+        for key, value in self.values(namespace).items():
+            parts = tuple(key.split(KEY_SEP))
+            if len(parts) == width:
+                out[parts] = value
+        return out
+
+    def put_values(self, namespace: str, items: dict[str, Any] | dict[tuple[str, ...], Any]) -> Future[Any]:
+        """Queue the entries (a key may be a tuple of strings: (target, source, field)); the
+        future resolves once they are committed."""
         now = time.time()
-        params = [{"ns": namespace, "k": k, "v": json.dumps(v, separators=(",", ":")), "t": now}
+        params = [{"ns": namespace, "k": _key(k), "v": json.dumps(v, separators=(",", ":")), "t": now}
                   for k, v in items.items()]
 
         def op(c: Conn) -> None:
@@ -398,13 +409,21 @@ class StateStore:
                           p)
         return self.submit(op)
 
-    def delete_values(self, namespace: str, keys: Sequence[str]) -> Future[Any]:
-        keys = list(keys)
+    def delete_values(self, namespace: str, keys: Sequence[str] | Sequence[tuple[str, ...]]) -> Future[Any]:
+        keys = [_key(k) for k in keys]
 
         def op(c: Conn) -> None:
             for k in keys:
                 c.execute("DELETE FROM kv WHERE namespace = :ns AND key = :k", {"ns": namespace, "k": k})
         return self.submit(op)
+
+
+KEY_SEP = "\x1f"
+"""Joins a tuple key's parts (a control character no target, source or field name may hold)."""
+
+
+def _key(key: str | tuple[str, ...]) -> str:
+    return key if isinstance(key, str) else KEY_SEP.join(key)
 
 
 def _short(exc: BaseException, url: str | None) -> str:

@@ -273,7 +273,6 @@ ROUND_WINDOW = 1000
 
 
 PENDING_NAMESPACE = "algorand.pending_since"
-KEY_SEP = "\x1f"
 
 
 class AlgorandState(KindState):
@@ -290,10 +289,9 @@ class AlgorandState(KindState):
 
     def use_store(self, store: Any) -> None:
         self.store = store
-        for key, value in store.values(PENDING_NAMESPACE).items():
-            parts = tuple(key.split(KEY_SEP))
-            if len(parts) == 2 and isinstance(value, int | float):
-                self.pending_since[parts] = float(value)  # type: ignore[index]
+        for key, value in store.keyed_values(PENDING_NAMESPACE, 2).items():
+            if isinstance(value, int | float):
+                self.pending_since[key] = float(value)  # type: ignore[index]
 
     def first_pending(self, key: tuple[str, str]) -> float:
         """When the transaction was first seen pending (now, if this is the first time)."""
@@ -301,12 +299,12 @@ class AlgorandState(KindState):
         if first is None:
             first = self.pending_since[key] = time.time()
             if self.store is not None:
-                self.store.put_values(PENDING_NAMESPACE, {KEY_SEP.join(key): first})
+                self.store.put_values(PENDING_NAMESPACE, {key: first})
         return first
 
     def not_pending(self, key: tuple[str, str]) -> None:
         if self.pending_since.pop(key, None) is not None and self.store is not None:
-            self.store.delete_values(PENDING_NAMESPACE, [KEY_SEP.join(key)])
+            self.store.delete_values(PENDING_NAMESPACE, [key])
 
     def reload(self, targets: list[Any]) -> None:
         alive = {(t.name, tx.alias) for t in targets for tx in t.transactions}

@@ -272,7 +272,6 @@ CHANGED = Family("stackwatch_consistency_value_last_change_timestamp_seconds", "
 
 
 STORE_NAMESPACE = "consistency.last_change"
-KEY_SEP = "\x1f"
 
 
 class ConsistencyState(KindState):
@@ -292,15 +291,14 @@ class ConsistencyState(KindState):
 
     def use_store(self, store: Any) -> None:
         self.store = store
-        for key, value in store.values(STORE_NAMESPACE).items():
-            parts = tuple(key.split(KEY_SEP))
-            if len(parts) == 3 and isinstance(value, list) and len(value) == 2:
-                self.history[parts] = (float(value[0]), float(value[1]))  # type: ignore[index]
+        for key, value in store.keyed_values(STORE_NAMESPACE, 3).items():
+            if isinstance(value, list) and len(value) == 2:
+                self.history[key] = (float(value[0]), float(value[1]))  # type: ignore[index]
 
     def changed(self, key: tuple[str, str, str], value: float, at: float) -> None:
         self.history[key] = (value, at)
         if self.store is not None:
-            self.store.put_values(STORE_NAMESPACE, {KEY_SEP.join(key): [value, at]})
+            self.store.put_values(STORE_NAMESPACE, {key: [value, at]})
 
     def reload(self, targets: list[Any]) -> None:
         alive = {(t.name, s.name, f) for t in targets for s in t.sources for f in t.fields}
@@ -308,7 +306,7 @@ class ConsistencyState(KindState):
         for key in gone:
             del self.history[key]
         if self.store is not None and gone:
-            self.store.delete_values(STORE_NAMESPACE, [KEY_SEP.join(k) for k in gone])
+            self.store.delete_values(STORE_NAMESPACE, gone)
         self.engines.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.sql})
         self.redis.keep_only({f"{t.name}/{s.name}" for t in targets for s in t.sources if s.redis})
         keys = {(t.name, s.name, k) for t in targets for s in t.sources if s.redis for k in s.redis.keys}

@@ -258,6 +258,7 @@ def event_op(name: str, event: str, at: float, exit_code: int | None, duration: 
     lose a report, and one round trip to PostgreSQL per report."""
     if event == "start":
         sql = f"UPDATE heartbeats SET last_start = :t, starts = starts + 1 WHERE name = :n RETURNING {COLUMNS}"
+        params: dict[str, Any] = {"n": name, "t": at}
     else:
         # the run's duration: as reported, else from its start report (if it started after the last end)
         took = ("COALESCE(:d, CASE WHEN last_start IS NOT NULL AND last_start > COALESCE(last_success, -1) "
@@ -265,9 +266,7 @@ def event_op(name: str, event: str, at: float, exit_code: int | None, duration: 
         sql = (f"UPDATE heartbeats SET {'last_failure' if event == 'fail' else 'last_success'} = :t, "
                f"runs = runs + 1, failures = failures + :f, last_exit_code = :x, last_duration = {took}, "
                f"last_message = :m WHERE name = :n RETURNING {COLUMNS}")
-    params = {"n": name, "t": at, "f": 1 if event == "fail" else 0, "x": exit_code, "d": duration, "m": message}
-    if event == "start":
-        params = {"n": name, "t": at}
+        params = {"n": name, "t": at, "f": 1 if event == "fail" else 0, "x": exit_code, "d": duration, "m": message}
 
     def op(c: Conn) -> Row:
         rows = c.execute(sql, params)
