@@ -198,7 +198,7 @@ def red() -> Dashboard:
         .with_row(Row("Duration"))
         .with_panel(ts("p50 / p95 / p99 latency", "Latency quantiles over 5m; lines at the 300 ms target (L4), "
                        "500 ms p50 goal (L3), 2 s p95 alert (L1) and 5 s p99 alert (L2).", "s",
-                       q(f"target_quantile:request_duration_seconds:histogram_quantile{{{T}}}",
+                       q(f"target_quantile:request_duration_seconds:quantile5m{{{T}}}",
                          "{{target}} p{{quantile}}"), lines=lat, alert="StackwatchHighResponseTime", span=12))
         .with_panel(ts("HTTP phases", "Where the last probe's time went: connect, TLS, processing, transfer.", "s",
                        q(f"stackwatch_http_phase_duration_seconds{{{T}}}", "{{target}} {{phase}}"), span=12))

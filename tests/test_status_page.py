@@ -107,6 +107,15 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
         status, err = api(sw, "/api/v1/targets/nope/history")
         assert status == 404
         check(err, "Error")
+        # The last probes and the latency quantiles the alerts read.
+        status, probes = api(sw, "/api/v1/targets/api-refused/probes")
+        assert status == 200
+        check(probes, "Probes")
+        assert len(probes["probes"]) >= 2 and not any(p["success"] for p in probes["probes"])
+        durations = sorted(p["duration_seconds"] for p in probes["probes"])
+        assert probes["quantiles"]["0.99"] <= durations[-1] and probes["quantiles"]["0.5"] in durations
+        status, err = api(sw, "/api/v1/targets/nope/probes")
+        assert status == 404 and "unknown target" in err["error"]
 
         page = http_get(sw.base + "/")[2].decode()
         assert "History since stackwatch started (in memory)" in page

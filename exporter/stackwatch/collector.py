@@ -46,6 +46,7 @@ from stackwatch.exposition import (
     line,
     render_labels,
 )
+from stackwatch.history import QUANTILES, RECENT_WINDOW
 from stackwatch.probes.base import FAMILIES, Family, ProbeResult
 from stackwatch.scheduler import LAG_BUCKETS
 from stackwatch.store import LATENCY_BUCKETS, Outcome, Store, TargetState
@@ -62,8 +63,12 @@ LAST_RUN = Family("stackwatch_probe_last_run_timestamp_seconds", "gauge", "When 
 PROBES = Family("stackwatch_probes_total", "counter", "Probes run since start, by result (success or failure).")
 FAILURES = Family("stackwatch_probe_failures_total", "counter", "Failed probes since start, by reason.")
 LATENCY = Family("stackwatch_probe_duration_seconds", "histogram", "Probe durations (the synthetic request latency).")
+RECENT_LATENCY = Family(
+    "stackwatch_probe_recent_duration_seconds", "summary",
+    "Exact quantiles of the probe durations of the last 5 minutes (at most the last 120 probes; "
+    "nearest rank): the same observations as stackwatch_probe_duration_seconds, whose _sum and _count they share.")
 
-CORE_ORDER = (SUCCESS, REASON, LAST_DURATION, TIMEOUT, INTERVAL, LAST_RUN, PROBES, FAILURES, LATENCY)
+CORE_ORDER = (SUCCESS, REASON, LAST_DURATION, TIMEOUT, INTERVAL, LAST_RUN, PROBES, FAILURES, LATENCY, RECENT_LATENCY)
 
 # --------------------------------------------------------------------------- negotiation
 
@@ -172,6 +177,21 @@ def _histogram(state: TargetState) -> str:
         args += (labels, running)
     args += (labels, fmt_value(state.duration_sum), labels, running)
     return HISTOGRAM % tuple(args)
+
+
+RECENT_LINES = "".join(f'{RECENT_LATENCY.name}{{%s,quantile="{q}"}} %s\n' for q in QUANTILES)
+
+
+def _recent(state: TargetState) -> str | None:
+    """The exact quantiles of the last RECENT_WINDOW's durations (what the latency alerts read:
+    no bucket interpolation), or None before the first probe."""
+    if state.history is None or state.result is None:
+        return None
+    values = state.history.quantiles(state.result.finished_at, RECENT_WINDOW, QUANTILES)
+    if values is None:
+        return None
+    labels = state.labels
+    return RECENT_LINES % tuple(x for v in values for x in (labels, fmt_value(round(v, 6))))  # float32: 6 digits
 
 
 def probe_body(target: TargetConfig, result: ProbeResult, openmetrics: bool) -> str:
@@ -389,6 +409,9 @@ class Collector:
             chunks[FAILURES.name] = "".join(
                 line(FAILURES.name, f'{state.labels},reason="{r}"', n) for r, n in sorted(state.by_reason.items()))
         chunks[LATENCY.name] = _histogram(state)
+        recent = _recent(state)
+        if recent is not None:
+            chunks[RECENT_LATENCY.name] = recent
         names = tuple(chunks)
         layout = self._layouts.get(names)
         if layout is None:

@@ -13,12 +13,18 @@ reads history from Prometheus instead, which spans its retention.
 from __future__ import annotations
 
 import base64
+import math
 import zlib
 from array import array
 from dataclasses import dataclass
 
 QUARTER = 900.0
 DAY = 86400.0
+RECENT_WINDOW = 300.0
+"""The error-rate and latency alerts' window (5 minutes, the rules' ``[5m]``): the recent failure
+ratio (status page, API, report) and the exact latency quantiles are taken over it."""
+QUANTILES = (0.5, 0.95, 0.99)
+"""The latency quantiles exported (stackwatch_probe_recent_duration_seconds) and shown."""
 
 
 class Ring:
@@ -163,12 +169,31 @@ class History:
                 failed += 1 - self.ok[i]
         return failed, probes
 
+    def quantiles(self, now: float, window: float, qs: tuple[float, ...]) -> list[float] | None:
+        """Exact quantiles (nearest rank: the smallest duration with at least ``q`` of the
+        probes at or under it) of the durations of the probes that ended within ``window``
+        seconds of ``now`` (at most LATENCY_POINTS of them), or None when there are none."""
+        n = min(self._next, self.LATENCY_POINTS)
+        since = now - window - self._base
+        values = sorted(self.durations[j % self.LATENCY_POINTS] for j in range(self._next - n, self._next)
+                        if self.times[j % self.LATENCY_POINTS] >= since)
+        if not values:
+            return None
+        # rank ceil(q * n), q * n rounded first: 0.95 * 20 is 19.000000000000004, not 19
+        return [values[max(0, math.ceil(round(q * len(values), 9)) - 1)] for q in qs]
+
     def latency(self) -> list[tuple[float, float]]:
         """(time, seconds) of the last probes, oldest first."""
+        return [(at, seconds) for at, seconds, _ in self.probes()]
+
+    def probes(self) -> list[tuple[float, float, bool]]:
+        """(time, seconds, succeeded) of the last probes (at most LATENCY_POINTS), oldest first."""
         n = min(self._next, self.LATENCY_POINTS)
-        start = self._next - n
-        return [(self._base + self.times[j % self.LATENCY_POINTS], self.durations[j % self.LATENCY_POINTS])
-                for j in range(start, self._next)]
+        out = []
+        for j in range(self._next - n, self._next):
+            i = j % self.LATENCY_POINTS
+            out.append((self._base + self.times[i], self.durations[i], bool(self.ok[i])))
+        return out
 
 
 def uptime(buckets: list[Bucket]) -> float | None:

@@ -382,6 +382,15 @@ async def api_history(request: web.Request) -> web.Response:
     return web.json_response(doc)
 
 
+async def api_probes(request: web.Request) -> web.Response:
+    ex = request.app[EXPORTER]
+    name = request.match_info["name"]
+    state = ex.store.states.get(name)
+    if state is None:
+        return web.json_response({"error": f'unknown target "{name[:200]}"'}, status=404)
+    return web.json_response(sp.probes_json(state))
+
+
 OPEN_PATHS = frozenset({"/-/healthy"})
 """Reachable without credentials, as in Prometheus: a liveness check needs none."""
 
@@ -422,6 +431,7 @@ def build_app(ex: Exporter, enable_lifecycle: bool = False) -> web.Application:
     app.router.add_get("/targets/{name}", target_page)
     app.router.add_get("/api/v1/targets", api_targets)
     app.router.add_get("/api/v1/targets/{name}/history", api_history)
+    app.router.add_get("/api/v1/targets/{name}/probes", api_probes)
     push_routes(app, ex.pusher.handle)
     return app
 

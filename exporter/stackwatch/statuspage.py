@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from stackwatch import __version__
 from stackwatch.cooperative import Slicer
-from stackwatch.history import DAY, QUARTER, Bucket, uptime
+from stackwatch.history import DAY, QUANTILES, QUARTER, RECENT_WINDOW, Bucket, uptime
 from stackwatch.probes.base import check_words
 from stackwatch.remote import Alert, Alertmanager, Limits, Prometheus, RemoteError, Series
 from stackwatch.store import Store, TargetState
@@ -280,9 +280,6 @@ async def uptimes(store: Store, remotes: Remotes, names: list[str]) -> dict[str,
     return out
 
 
-RECENT_WINDOW = 300.0
-"""The error-rate alerts' window (5 minutes): a target failing more than RECENT_FAILURES of its
-probes in it is degraded even when its last probe passed."""
 RECENT_FAILURES = 0.05
 RECENT_MIN_PROBES = 5
 
@@ -325,6 +322,17 @@ def target_json(state: TargetState, hist: Uptimes, now: float, maintenance: str 
         "interval_seconds": state.target.every,
         "uptime": {"24h": hist.u24h, "90d": hist.u90d}, "history_source": hist.source,
     }
+
+
+def probes_json(state: TargetState) -> dict[str, Any]:
+    """The last probes of a target (at most History.LATENCY_POINTS, from memory) and the exact
+    latency quantiles of the last RECENT_WINDOW, as the latency alerts read them."""
+    h, r = state.history, state.result
+    points = h.probes() if h is not None else []
+    values = h.quantiles(r.finished_at, RECENT_WINDOW, QUANTILES) if h is not None and r is not None else None
+    return {"target": state.target.name, "window_seconds": RECENT_WINDOW,
+            "quantiles": {str(q): round(v, 6) for q, v in zip(QUANTILES, values)} if values else {},
+            "probes": [{"time": round(at, 3), "duration_seconds": round(d, 6), "success": ok} for at, d, ok in points]}
 
 
 def history_json(name: str, hist: TargetHistory, range_: str) -> dict[str, Any]:
