@@ -189,6 +189,49 @@ def test_incidents_at_scrape_resolution_from_backfilled_history(tmp_path):
     assert re.search(r"api\W.*2 h", proc.stdout) and re.search(r"shop\W.*30 s", proc.stdout), proc.stdout
 
 
+def test_a_flapping_target_is_degraded_by_the_status_pages_definition(tmp_path):
+    """Backfilled history (promtool): "flap" fails one probe in four and "rare" one in forty, and
+    both passed their last probe.  The report calls "flap" degraded with its failure ratio, as the
+    status page and the API do (more than 5 % of the last 5 minutes' probes), and "rare" up."""
+    from harness import require_binary
+    from stackwatch.report import Prom, build, markdown
+
+    end = int(time.time()) // 15 * 15 - 60
+    start = end - 1800
+    fail_every = {"flap": 4, "rare": 40, "steady": 0}
+    lines = []
+    for metric, kind in (("stackwatch_probe_success", "gauge"), ("stackwatch_probes", "counter")):
+        lines += [f"# HELP {metric} x", f"# TYPE {metric} {kind}"]
+        for target, every in fail_every.items():
+            ok = failed = 0
+            for ts in range(start, end + 1, 15):
+                for _ in range(4):  # four probes a scrape; the last one of each scrape passes
+                    n = ok + failed
+                    if every and n % every == every - 2:
+                        failed += 1
+                    else:
+                        ok += 1
+                base = f'job="stackwatch",instance="sw:9938",target="{target}",kind="http"'
+                if kind == "gauge":
+                    lines.append(f"{metric}{{{base}}} 1 {ts}")
+                else:
+                    lines.append(f'{metric}_total{{{base},result="success"}} {ok} {ts}')
+                    lines.append(f'{metric}_total{{{base},result="failure"}} {failed} {ts}')
+    (tmp_path / "history.om").write_text("\n".join(lines) + "\n# EOF\n")
+    data = tmp_path / "tsdb"
+    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
+                           str(tmp_path / "history.om"), str(data)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    prom = Prometheus(tmp_path, [], data_dir=data)
+    try:
+        r = build(Prom(prom.base), 3600, now=end)
+    finally:
+        prom.stop()
+    assert r.states == {"flap": "degraded", "rare": "up", "steady": "up"}, (r.states, r.checks)
+    assert r.checks["flap"] == ["25 % of its probes failed in the last 5m (over 5 %)"]
+    assert "- DEGRADED **flap** (http): 25 % of its probes failed in the last 5m (over 5 %)" in markdown(r)
+
+
 def test_runbook_links_follow_runbook_url_and_only_those_are_links():
     from stackwatch.report import RULES_RUNBOOK, _decorate, _runbook
 

@@ -23,6 +23,11 @@ DAY = 86400.0
 RECENT_WINDOW = 300.0
 """The error-rate and latency alerts' window (5 minutes, the rules' ``[5m]``): the recent failure
 ratio (status page, API, report) and the exact latency quantiles are taken over it."""
+RECENT_FAILURES = 0.05
+"""A target whose last probe passed but that failed more than this share of its probes in the
+RECENT_WINDOW (at least RECENT_MIN_PROBES of them) is degraded, not up: a flapping service.  The
+error-rate alert's threshold; the status page, the API and the report use this one definition."""
+RECENT_MIN_PROBES = 5
 QUANTILES = (0.5, 0.95, 0.99)
 """The latency quantiles exported (stackwatch_probe_recent_duration_seconds) and shown."""
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stackwatch.durations import format_duration, human_duration, parse_duration
+from stackwatch.history import RECENT_FAILURES, RECENT_MIN_PROBES, RECENT_WINDOW
 from stackwatch.remote import Alertmanager, Limits, Prometheus, RemoteError, run_sync
 
 SLO = 0.999
@@ -154,6 +155,16 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
                 r.checks.setdefault(t, []).append(text.format(**s["metric"]))
             except KeyError:
                 r.checks.setdefault(t, []).append(text)
+    # A flapping target (its last probe passed, too many of the recent ones failed) is degraded:
+    # the status page's and the API's definition (stackwatch.history.RECENT_FAILURES).
+    recent = f"sum by (target) (increase(stackwatch_probes_total[{format_duration(RECENT_WINDOW)}]))"
+    failed = recent.replace("stackwatch_probes_total[", 'stackwatch_probes_total{result="failure"}[')
+    for s in prom.query(f"{failed} / {recent} > {RECENT_FAILURES} and on (target) {recent} >= {RECENT_MIN_PROBES}", now):
+        t = s["metric"].get("target", "")
+        if r.states.get(t) == "up":
+            r.checks.setdefault(t, []).append(
+                f"{_value(s) * 100:.0f} % of its probes failed in the last {format_duration(RECENT_WINDOW)} "
+                f"(over {RECENT_FAILURES * 100:.0f} %)")
     for t in r.checks:
         if r.states.get(t) == "up":
             r.states[t] = "degraded"

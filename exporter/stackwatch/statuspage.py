@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from stackwatch import __version__
 from stackwatch.cooperative import Slicer
-from stackwatch.history import DAY, QUANTILES, QUARTER, RECENT_WINDOW, Bucket, uptime
+from stackwatch.history import DAY, QUANTILES, QUARTER, RECENT_FAILURES, RECENT_MIN_PROBES, RECENT_WINDOW, Bucket, uptime
 from stackwatch.probes.base import check_words
 from stackwatch.remote import Alert, Alertmanager, Limits, Prometheus, RemoteError, Series
 from stackwatch.store import Store, TargetState
@@ -278,10 +278,6 @@ async def uptimes(store: Store, remotes: Remotes, names: list[str]) -> dict[str,
             else Uptimes(None, None, "memory")
         await slicer.pause()
     return out
-
-
-RECENT_FAILURES = 0.05
-RECENT_MIN_PROBES = 5
 
 
 def target_state(state: TargetState, now: float) -> tuple[str, str, list[str]]:
