@@ -152,6 +152,9 @@ def test_demo_shows_the_seed_failures(demo):
     assert prom.value('stackwatch_algorand_asset_exists{asset="pam-token"}') == 0
     assert reasons.get("nightly-export") == "failed"  # the demo's failed nightly run, reported to its heartbeat
     assert prom.value('stackwatch_algorand_account_fee_headroom_transactions{account="admin"}') == 0
+    # The AI-GO cache is read from Redis (tests/run.sh starts one): its key never expires
+    assert prom.value('stackwatch_consistency_redis_key_ttl_seconds{target="ai-go-models",source="cache"}') == -1
+    assert prom.value('stackwatch_consistency_source_success{target="ai-go-models",source="cache"}') == 1
     # trading-backend fails every 4th request: some failures, some successes
     assert prom.wait_for('increase(stackwatch_probes_total{target="trading-backend",result="failure"}[1m]) > 0',
                          timeout=30)

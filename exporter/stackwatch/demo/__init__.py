@@ -9,7 +9,10 @@ Everything runs in this one process on loopback ports, with no setup:
 * PAM-TALK's business database (users by role, products, eco points) in SQLite;
 * the energy pool overview, one partner low on energy (seed 001);
 * AI-GO's model counts from a database, an API, a lagging cache, a deployed copy showing 128
-  active of 74 and a fallback file stuck at 139, which disagree (seed 002);
+  active of 74 and a fallback file stuck at 139, which disagree (seed 002).  The cache is a key in
+  Redis when one answers at ``--redis-url`` (default redis://127.0.0.1:6379/0): written without
+  an expiry, as the application's bug does, and removed when the demo stops; an HTTP stand-in
+  otherwise;
 * a fake algod in the seed 000 state: the token does not exist, the admin account holds 0 ALGO;
 * two scheduled jobs reporting to heartbeat checks: a model-sync worker on time (the demo
   reports for it every 20 s) and a nightly export whose last run reported a failure;
@@ -57,6 +60,7 @@ MODEL_COUNT_INVARIANTS = ["active <= total", "operational + degraded + outage <=
 """The platform's own rules for its model counts (the product has no default invariants)."""
 DEMO_ALGOD_TOKEN = "demo-algod-token-" + "d" * 47
 DEMO_PUSH_TOKEN = "demo-push-token-" + "e" * 16
+DEMO_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def bound_socket(reserved: frozenset[int] = frozenset()) -> socket.socket:
@@ -75,8 +79,11 @@ def bound_socket(reserved: frozenset[int] = frozenset()) -> socket.socket:
 class Platform:
     """The simulated services (aiohttp apps) and their SQLite databases."""
 
-    def __init__(self, workdir: Path, reserved: frozenset[int] = frozenset()):
+    def __init__(self, workdir: Path, reserved: frozenset[int] = frozenset(), redis_url: str = ""):
         self.dir = workdir
+        self.redis_url = redis_url
+        self.redis: Any = None
+        """A redis.asyncio client when Redis answered at start: the AI-GO cache lives there."""
         self.socks = {name: bound_socket(reserved) for name in
                       ("main", "trading", "esg", "algod", "indexer", "node", "node_indexer")}
         port = {name: sock.getsockname()[1] for name, sock in self.socks.items()}
@@ -95,6 +102,7 @@ class Platform:
         self.runners: list[web.AppRunner] = []
         self.notifications: list[str] = []
         self.worker: asyncio.Task[None] | None = None
+        self.refresher: asyncio.Task[None] | None = None
 
     # -- databases
     def make_databases(self) -> None:
@@ -142,10 +150,47 @@ class Platform:
         return web.json_response({"totalModels": 74, "activeModels": 128, "operationalModels": 49,
                                   "degradedModels": 1, "outageModels": 1})
 
-    async def _ai_go_cache(self, _: web.Request) -> web.Response:
+    def _creep(self) -> dict[str, int]:
         # A cache that lags: it creeps towards the database's numbers and falls back again.
         self.cache["totalModels"] = 60 + (self.cache["totalModels"] - 59) % 4
-        return web.json_response(self.cache)
+        return self.cache
+
+    async def _ai_go_cache(self, _: web.Request) -> web.Response:
+        return web.json_response(self._creep())
+
+    @property
+    def redis_key(self) -> str:
+        return f"stackwatch-demo:{self.main_port}:ai-go:stats"
+
+    async def _connect_redis(self) -> None:
+        """Use Redis for the AI-GO cache if it answers within a second; the HTTP stand-in if not."""
+        if not self.redis_url:
+            return
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        client = aioredis.Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            await client.ping()
+            await self._write_cache(client)
+        except (RedisError, OSError):
+            await client.aclose()
+            return
+        self.redis = client
+
+    async def _write_cache(self, client: Any) -> None:
+        # SET without EX: the key never expires, the application's bug the demo shows
+        await client.set(self.redis_key, json.dumps(self._creep()))
+
+    async def _refresh_cache(self) -> None:
+        from redis.exceptions import RedisError
+
+        while True:
+            await asyncio.sleep(20)
+            try:
+                await self._write_cache(self.redis)
+            except (RedisError, OSError):
+                pass  # Redis went away: the probe says so
 
     async def _energy(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "healthy", "partners": [
@@ -185,8 +230,21 @@ class Platform:
             self.runners.append(runner)
         await self.algod.start_on(self.socks["algod"], self.socks["indexer"])
         await self.node.start_on(self.socks["node"], self.socks["node_indexer"])
+        await self._connect_redis()
+        if self.redis is not None:
+            self.refresher = asyncio.get_running_loop().create_task(self._refresh_cache())
 
     async def stop(self) -> None:
+        if self.redis is not None:
+            from redis.exceptions import RedisError
+
+            if self.refresher is not None:
+                self.refresher.cancel()
+            try:
+                await self.redis.delete(self.redis_key)
+            except (RedisError, OSError):
+                pass
+            await self.redis.aclose()
         await self.algod.stop()
         await self.node.stop()
         if self.worker is not None:
@@ -224,6 +282,13 @@ class Platform:
         self.worker = asyncio.get_running_loop().create_task(report())
 
     # -- the stackwatch config that watches it
+    def _cache_source(self, main: str, api_fields: dict[str, str]) -> dict[str, Any]:
+        if self.redis is None:
+            return {"name": "cache", "priority": 3, "http": {"url": f"{main}/ai-go/cached-stats", "fields": api_fields}}
+        fields = {name: {"key": self.redis_key, "path": path} for name, path in api_fields.items()}
+        return {"name": "cache", "priority": 3,
+                "redis": {"url": self.redis_url, "fields": fields, "max_age": {self.redis_key: "2m"}}}
+
     def config(self) -> dict[str, Any]:
         main = f"http://127.0.0.1:{self.main_port}"
         d = self.dir
@@ -266,7 +331,7 @@ class Platform:
                       "sql": {"url": f"sqlite:///{d / 'aigo.db'}", "query": models_sql}},
                      {"name": "api", "priority": 2,
                       "http": {"url": f"{main}/ai-go/realtime-stats", "fields": api_fields, "served_path": "$.dataSource"}},
-                     {"name": "cache", "priority": 3, "http": {"url": f"{main}/ai-go/cached-stats", "fields": api_fields}},
+                     self._cache_source(main, api_fields),
                      {"name": "deployed", "priority": 5,
                       "http": {"url": f"{main}/ai-go/deployed-stats", "fields": api_fields}},
                      {"name": "github-fallback", "priority": 4,
@@ -335,7 +400,7 @@ def _check_free(host: str, port: int, flag: str) -> None:
 
 
 async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_port: int = 9090,
-              am_port: int = 9093) -> None:
+              am_port: int = 9093, redis_url: str = DEMO_REDIS_URL) -> None:
     import os
 
     from stackwatch.app import Exporter
@@ -354,7 +419,7 @@ async def run(listen: str, workdir: Path | None, with_prometheus: bool, prom_por
         workdir = Path(tmp.name)
     workdir.mkdir(parents=True, exist_ok=True)
     reserved = frozenset({int(port), prom_port, am_port} if with_prometheus else {int(port)})
-    platform = Platform(workdir, reserved)
+    platform = Platform(workdir, reserved, redis_url)
     await platform.start()
     cfg_path = workdir / "stackwatch-demo.yml"
     cfg_path.write_text("# Written by `stackwatch demo`.\n" + yaml.safe_dump(platform.config(), sort_keys=False))
@@ -395,13 +460,17 @@ def main(argv: list[str]) -> int:
                    help="also start Prometheus (:9090) and Alertmanager (:9093) with the bundle's rules and routes")
     p.add_argument("--prometheus-port", type=int, default=9090)
     p.add_argument("--alertmanager-port", type=int, default=9093)
+    p.add_argument("--redis-url", default=DEMO_REDIS_URL,
+                   help="a Redis for the AI-GO cache (one key, removed at stop; used only if it answers; "
+                        "'' for none; default %(default)s)")
     p.add_argument("--log.level", dest="log_level", default="warn", choices=["debug", "info", "warn", "error"])
     args = p.parse_args(argv)
     from stackwatch.logsetup import setup_logging
 
     setup_logging("warning" if args.log_level == "warn" else args.log_level, "logfmt")
     try:
-        asyncio.run(run(args.listen, args.dir, args.with_prometheus, args.prometheus_port, args.alertmanager_port))
+        asyncio.run(run(args.listen, args.dir, args.with_prometheus, args.prometheus_port, args.alertmanager_port,
+                        args.redis_url))
     except OSError as exc:
         print(f"stackwatch demo: {exc.strerror or exc}", file=sys.stderr)
         return 1
