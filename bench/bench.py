@@ -184,7 +184,7 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
     port = free_port() if args.workers <= 1 else free_block(args.workers + 1)
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}",
-           "--log.level", "error", "--event-loop", args.loop]
+           "--log.level", "error", *(["--event-loop", args.loop] if args.loop else [])]
     if args.workers > 1:  # one process per core: not pinned, the workers share the machine with the targets
         proc = subprocess.Popen([*cmd, "--workers", str(args.workers)])
     else:
@@ -265,8 +265,9 @@ def run_stackwatch(n: int, ports: list[int], args: argparse.Namespace, tmp: Path
             lag_sum[l["le"]] = lag_sum.get(l["le"], 0) + v
         lag = [({"le": le}, v - lag0.get(le, 0)) for le, v in lag_sum.items()]
         probes = probes1 - probes0
+        loops = sorted({l["loop"] for l, _ in m1.get("stackwatch_event_loop_info", [])})
         return {
-            "targets": n, "workers": max(1, args.workers), "probes": probes, "failures_total": failures,
+            "targets": n, "event_loop": ",".join(loops) or "unknown", "workers": max(1, args.workers), "probes": probes, "failures_total": failures,
             "probes_per_s": probes / (t1 - t0),
             "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / max(probes, 1),
             "cpu_share_of_one_core": (cpu1 - cpu0) / (t1 - t0),
@@ -393,8 +394,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--scrape-every", type=float, default=2.0, help="seconds between /metrics scrapes")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop", "auto"), default="auto",
-                        help="stackwatch's --event-loop (default: its own default)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop", "auto"), default=None,
+                        help="stackwatch's --event-loop (default: not passed, the product's default; each run "
+                             "records the loop that ran, from stackwatch_event_loop_info)")
     parser.add_argument("--workers", type=int, default=0, help="stackwatch --workers N (0: one process, pinned)")
     parser.add_argument("--no-blackbox", action="store_true", help="measure stackwatch only")
     parser.add_argument("--timing-only", action="store_true",
@@ -416,7 +418,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
             "cpus": os.cpu_count(), "machine": platform.machine(), "interval_s": args.interval,
             "blackbox_exporter": (blackbox_binary() or (None, None))[1], "stackwatch": stackwatch_version(),
-            "event_loop": args.loop,
+            "event_loop_asked": args.loop or "default",
             "window_s": args.window, "concurrency": args.concurrency, "runs": []}
         try:
             for n in args.targets:

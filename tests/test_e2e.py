@@ -285,13 +285,14 @@ def test_status_page_lists_every_target_with_reason(stack):
     assert "account admin is below its balance floor" in html.unescape(row)
 
 
-def test_reload_valid_then_invalid_then_sighup(servers, tmp_path):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])  # uvloop is the default; asyncio where it is missing
+def test_reload_valid_then_invalid_then_sighup(servers, tmp_path, loop):
     cfg = tmp_path / "reload.yml"
     cfg.write_text(f"""defaults: {{interval: 1s}}
 targets:
   - {{name: first, kind: http, url: "{servers.url('/health')}"}}
 """)
-    sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle"])
+    sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle", "--event-loop", loop])
     try:
         wait_until(lambda: 'stackwatch_probe_success{target="first"' in sw.metrics(), 10, "first probe")
         # A valid reload changes the target set.
@@ -321,6 +322,7 @@ targets:
         wait_until(lambda: "\nstackwatch_config_last_reload_successful 1.0\n" in sw.metrics(), 10, "SIGHUP reload")
         text = sw.metrics()
         assert 'target="first"' not in text and 'stackwatch_probe_timeout_seconds{target="fourth"' in text
+        assert f'\nstackwatch_event_loop_info{{loop="{loop}"}} 1.0\n' in text
         assert http_get(sw.base + "/-/reload")[0] == 405
     finally:
         sw.stop()

@@ -10,6 +10,8 @@ import threading
 import time
 import urllib.request
 
+import pytest
+
 from harness import Stackwatch, http_post, wait_until
 
 N = 2_300
@@ -32,10 +34,11 @@ def targets(text: str) -> set[str]:
     return set(re.findall(r'^stackwatch_probe_success\{target="([^"]+)"', text, re.M))
 
 
-def test_no_removed_target_after_a_successful_reload_above_the_cached_body_size(servers, tmp_path):
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_no_removed_target_after_a_successful_reload_above_the_cached_body_size(servers, tmp_path, loop):
     cfg = tmp_path / "many.yml"
     config(servers, cfg, N)
-    sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle", "--log.level", "info"])
+    sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle", "--log.level", "info", "--event-loop", loop])
     seen: list[tuple[float, bool, set[str]]] = []  # (when the scrape started, gzip, targets in its body)
     stop = threading.Event()
 

@@ -99,11 +99,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run N processes (or auto: one per CPU), each probing one shard of the targets on its "
                         "own port (the next ports after --web.listen-address); the main address serves /sd for "
                         "Prometheus's http_sd_configs (default: one process)")
-    p.add_argument("--event-loop", dest="event_loop", default=os.environ.get("STACKWATCH_EVENT_LOOP", "asyncio"),
+    p.add_argument("--event-loop", dest="event_loop", default=os.environ.get("STACKWATCH_EVENT_LOOP", "auto"),
                    choices=["asyncio", "uvloop", "auto"],
-                   help="asyncio (default); uvloop costs ~25 %% less CPU per probe (bench/RESULTS.md) but a "
-                        "SIGHUP reload under it was seen to serve a removed target afterwards in about one "
-                        "test run in six, so it is opt-in; auto: uvloop when installed")
+                   help="auto (default): uvloop when it is installed (it is a dependency where it builds), "
+                        "asyncio otherwise; uvloop: fail if it is missing; asyncio: the standard library's "
+                        "loop. uvloop spends about a third less CPU per probe (bench/RESULTS.md); "
+                        "stackwatch_event_loop_info says which one runs")
     p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
     p.add_argument("--config.check", dest="config_check", action="store_true",

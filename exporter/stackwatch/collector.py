@@ -271,6 +271,15 @@ class GCPauses:
         return fam
 
 
+def running_loop_name() -> str:
+    """uvloop or asyncio: the loop this thread runs ("none" outside one)."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return "none"
+    return "uvloop" if type(running).__module__.startswith("uvloop") else "asyncio"
+
+
 class _LiveCollector:
     """Values read at scrape time from the running exporter (targets, scheduler)."""
 
@@ -295,6 +304,10 @@ class _LiveCollector:
                                   labels=["index", "count"])
         shard.add_metric([str(index), str(count)], 1)
         yield shard
+        loop = GaugeMetricFamily("stackwatch_event_loop_info", "The event loop this process runs on (--event-loop).",
+                                 labels=["loop"])
+        loop.add_metric([running_loop_name()], 1)
+        yield loop
         sched = ex.scheduler  # type: ignore[attr-defined]
         yield GaugeMetricFamily("stackwatch_probes_in_flight", "Probes running right now.",
                                 value=sched.in_flight if sched else 0)
