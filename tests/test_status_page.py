@@ -119,8 +119,13 @@ def test_api_states_uptime_and_history_from_memory(servers, algod, tmp_path):
 
         page = http_get(sw.base + "/")[2].decode()
         assert "History since stackwatch started (in memory)" in page
-        rows = __import__("re").findall(r"<tr class='\w+'>.*?</tr>", page)
+        targets_table, _, incidents = page.partition("<h2>Incidents, last 24 hours</h2>")
+        rows = __import__("re").findall(r"<tr class='\w+'>.*?</tr>", targets_table)
         assert len(rows) == 4 and max(len(r.encode()) for r in rows) <= 2048, [len(r) for r in rows]
+        # The incident list: the two failing targets, ongoing, with their reasons
+        ongoing = __import__("re").findall(r"<tr class='down'><td><a href='targets/([\w-]+)'>.*?ongoing since "
+                                           r".*?<td class='reason'>(\w+):", incidents)
+        assert sorted(ongoing) == [("api-refused", "connection_refused"), ("health-check", "assertion")], incidents
         assert '<meta http-equiv="refresh"' in page and "<script" not in page
         detail = wait_until(lambda: (lambda d: "<polyline" in d and d)(http_get(sw.base + "/targets/chain")[2].decode()),
                             10, "a latency chart")
@@ -139,7 +144,9 @@ def test_history_comes_from_prometheus_and_survives_a_restart(servers, algod, tm
     second = None
     try:
         prom.wait_for('stackwatch_probe_success{target="api-refused"} == 0', timeout=30)
-        prom.wait_for('count_over_time(stackwatch_probe_success{target="web"}[1m]) >= 3', timeout=30)
+        # 35 s of samples: two points of the 1-hour latency chart (one every 15 s) below
+        prom.wait_for('count_over_time(stackwatch_probe_recent_duration_seconds{target="web",quantile="0.95"}[1m]) >= 35',
+                      timeout=60)
         second = Stackwatch(cfg, tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN}, extra=["--prometheus.url", prom.base])
         status, doc = api(second, "/api/v1/targets")
         check(doc, "TargetList")
@@ -149,7 +156,20 @@ def test_history_comes_from_prometheus_and_survives_a_restart(servers, algod, tm
         status, hist = api(second, "/api/v1/targets/api-refused/history?range=24h")
         check(hist, "History")
         assert hist["source"] == "prometheus" and hist["buckets"][-1]["uptime"] == 0.0
-        assert "History from Prometheus." in http_get(second.base + "/")[2].decode()
+        page = http_get(second.base + "/")[2].decode()
+        assert "History from Prometheus." in page
+        # Incidents from Prometheus too: the second exporter has seen few probes of its own, the
+        # list comes from stackwatch_probe_failure_reason's history (the page says so)
+        incidents = page.partition("<h2>Incidents, last 24 hours</h2>")[2]
+        assert "from Prometheus, one point a minute" in incidents
+        assert "<a href='targets/api-refused'>api-refused</a>" in incidents and "connection_refused" in incidents
+        # The p95 over the last hour from Prometheus on a target's page, with its time axis
+        # (one point every 15 s over an hour: the chart appears once Prometheus has two)
+        def chart() -> str | None:
+            d = http_get(second.base + "/targets/web?latency=1h")[2].decode()
+            return d if "<polyline" in d and "Latency, p95 over" in d else None
+        detail = wait_until(chart, 60, "the p95 chart from Prometheus", interval=1)
+        assert "Latency, p95 over the last 1h" in detail and "<polyline" in detail and "in UTC" in detail
         # Prometheus gone: once its cached answers (30 s) expire, the page falls back to memory and says why.
         prom.stop()
         page = wait_until(lambda: (lambda p: "Prometheus unavailable" in p and p)(
@@ -173,7 +193,8 @@ def test_status_page_in_headless_chromium(servers, algod, tmp_path):
                  f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,700"]
         dom = subprocess.run([chromium, *flags, "--dump-dom", sw.base + "/"], capture_output=True, text=True,
                              timeout=90).stdout
-        rows = sorted(__import__("re").findall(r"<tr class=\"(\w+)\"><td><a [^>]*>([\w-]+)</a>", dom))
+        rows = sorted(__import__("re").findall(r"<tr class=\"(\w+)\"><td><a [^>]*>([\w-]+)</a>",
+                                               dom.partition("Incidents, last 24 hours")[0]))
         assert rows == [("degraded", "chain"), ("down", "api-refused"), ("down", "health-check"), ("up", "web")], \
             dom[:2000]
         shot = tmp_path / "status-page.png"

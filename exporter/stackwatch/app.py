@@ -36,6 +36,8 @@ SWITCH_INTERVAL = float(os.environ.get("STACKWATCH_SWITCH_INTERVAL", "0.001"))
 SILENCE_EVERY = float(os.environ.get("STACKWATCH_SILENCE_SYNC_EVERY", "60"))
 HISTORY_EVERY = float(os.environ.get("STACKWATCH_HISTORY_SAVE_EVERY", "300"))
 HISTORY_NAMESPACE = "history"
+INCIDENTS_KEY = ("incidents", "log")
+"""Where the status page's incident log is saved in the state store (with the history)."""
 SWEEP_GROWTH = 0.1
 SWEEP_GROWTH_MIN = 20_000
 
@@ -158,6 +160,13 @@ class Exporter:
         self._history_saved = set(saved)
         if restored:
             log.info("status history restored", extra={"targets": restored})
+        try:
+            text = (await asyncio.to_thread(self.state_store.values, INCIDENTS_KEY[0])).get(INCIDENTS_KEY[1])
+        except Exception as exc:  # noqa: BLE001 -- as for the history
+            log.warning("cannot read the saved incidents", extra={"error": str(exc)})
+            return
+        if text is not None:
+            self.store.incidents.restore(text, set(self.store.states), time.time())
 
     async def save_history(self) -> None:
         """Write every target's history rings to the state store (sliced: the loop keeps going)."""
@@ -173,6 +182,7 @@ class Exporter:
             await slicer.pause()
         if batch:
             pending.append(self.state_store.put_values(HISTORY_NAMESPACE, batch))
+        pending.append(self.state_store.put_values(INCIDENTS_KEY[0], {INCIDENTS_KEY[1]: self.store.incidents.dump()}))
         gone = self._history_saved - set(self.store.states)
         if gone:
             pending.append(self.state_store.delete_values(HISTORY_NAMESPACE, sorted(gone)))

@@ -223,8 +223,9 @@ async def status_page(request: web.Request) -> web.Response:
     except ValueError:
         page_no = 0
     shown = states[page_no * sp.PAGE_SIZE:(page_no + 1) * sp.PAGE_SIZE]
-    hist, alerts = await asyncio.gather(sp.histories(ex.store, ex.remotes, [st.target.name for st in shown]),
-                                        _alerts(ex))
+    hist, alerts, (found, found_from) = await asyncio.gather(
+        sp.histories(ex.store, ex.remotes, [st.target.name for st in shown]), _alerts(ex),
+        sp.incidents(ex.store, ex.remotes))
     rows = []
     for st in shown:
         t = st.target
@@ -263,9 +264,9 @@ async def status_page(request: web.Request) -> web.Response:
                       for k in ("down", "stale", "degraded", "pending", "up") if counts.get(k))
     body = (f"<h1>stackwatch status</h1><p class='summary'>{summary}</p>{reload_note}"
             f"<p class='note'>{len(states)} targets from {html.escape(ex.config_path)}. {note}</p>"
-            f"{sp.alerts_html(alerts)}<table><tr><th>Target</th><th>Kind</th><th>State</th><th>Reason</th>"
+            f"{sp.alerts_html(alerts)}<h2>Targets</h2><table><tr><th>Target</th><th>Kind</th><th>State</th><th>Reason</th>"
             f"<th>Last 24 hours</th><th>Last 90 days</th><th>Last probe</th><th></th></tr>{''.join(rows)}</table>"
-            f"<p>{nav}</p>")
+            f"<p>{nav}</p>{sp.incidents_html(found, found_from, now)}")
     return web.Response(text=sp.page("stackwatch status", body), content_type="text/html")
 
 
@@ -278,9 +279,10 @@ async def target_page(request: web.Request) -> web.Response:
         return web.Response(status=404, text=f'unknown target "{html.escape(name[:200])}"\n')
     now = time.time()
     status, reason, checks = sp.target_state(st, now)
-    hist, alerts = await asyncio.gather(sp.histories(ex.store, ex.remotes, [name]), _alerts(ex))
+    hist, alerts, (found, found_from) = await asyncio.gather(
+        sp.histories(ex.store, ex.remotes, [name]), _alerts(ex), sp.incidents(ex.store, ex.remotes, name))
     h = hist[name]
-    points = st.history.latency() if st.history is not None else []
+    latency = await _latency_html(ex, st, request.query.get("latency", "probes"))
     checks_html = "".join(f"<li>{html.escape(check_words(c))} <code class='note'>{html.escape(c)}</code></li>"
                           for c in checks)
     body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
@@ -291,10 +293,29 @@ async def target_page(request: web.Request) -> web.Response:
             + f"<h2>Uptime</h2><p>24h {sp.pct(h.uptime_24h)} · 90d {sp.pct(h.uptime_90d)} "
             f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
             f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
-            + (f"<h2>Probe latency (last {len(points)} probes)</h2>{sp.latency_svg(points)}"
-               if st.target.kind != "heartbeat" else "")  # a heartbeat's "probe" only reads the store
+            + (latency if st.target.kind != "heartbeat" else "")  # a heartbeat's "probe" only reads the store
+            + sp.incidents_html(found, found_from, now, show_target=False)
             + sp.alerts_html(alerts, name))
     return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
+
+
+async def _latency_html(ex: Exporter, st: TargetState, range_: str) -> str:
+    """The latency section: the last probes from memory, or the p95 over 1h/24h/7d from Prometheus."""
+    if range_ not in sp.LATENCY_RANGES:
+        range_ = "probes"
+    links = " · ".join(f"<b>{r}</b>" if r == range_ else f"<a href='?latency={r}'>{r}</a>"
+                       for r in ("probes", *sp.LATENCY_RANGES))
+    note = ""
+    if range_ != "probes":
+        try:
+            points = await sp.latency_history(ex.remotes, st.target.name, range_)
+            return (f"<h2>Latency, p95 over the last {range_}</h2><p class='note'>{links}</p>"
+                    + sp.latency_svg(points, label=f"p95 latency, last {range_}"))
+        except sp.RemoteError as exc:
+            note = f"<p class='note'>p95 over {range_} needs Prometheus: {html.escape(exc.message)}.</p>"
+    points = st.history.latency() if st.history is not None else []
+    return (f"<h2>Probe latency (last {len(points)} probes)</h2><p class='note'>{links}</p>{note}"
+            + sp.latency_svg(points))
 
 
 def _heartbeat_row(ex: Exporter, name: str) -> Any:

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 
 from stackwatch import __version__
 from stackwatch.cooperative import Slicer
+from stackwatch.durations import human_duration
+from stackwatch.incidents import Incident, from_reason_series
 from stackwatch.history import DAY, QUANTILES, QUARTER, RECENT_FAILURES, RECENT_MIN_PROBES, RECENT_WINDOW, Bucket, uptime
 from stackwatch.probes.base import check_words
 from stackwatch.remote import Alert, Alertmanager, Limits, Prometheus, RemoteError, Series
@@ -252,6 +254,44 @@ async def histories(store: Store, remotes: Remotes, names: list[str]) -> dict[st
     return out
 
 
+INCIDENT_WINDOW = 86400.0
+INCIDENT_STEP = 60.0
+"""Incidents from Prometheus: the last day at one point a minute (an outage shorter than a
+minute between two points may not show; memory mode sees every probe)."""
+
+
+async def incidents(store: Store, remotes: Remotes, target: str | None = None,
+                    limit: int = 20) -> tuple[list[Incident], str]:
+    """The last day's incidents, newest first, and where they come from ("prometheus" or "memory")."""
+    now = time.time()
+    if remotes.prometheus:
+        sel = f'{{target=~"{_matcher([target])}"}}' if target is not None else ""
+        try:
+            series = await remotes.query_range(f"stackwatch_probe_failure_reason{sel} == 1",
+                                               now - INCIDENT_WINDOW, now, INCIDENT_STEP)
+            found = from_reason_series([(s.metric, s.values) for s in series], INCIDENT_STEP, now)
+            return found[:limit], "prometheus"
+        except RemoteError as exc:
+            remotes.last_error = exc.message
+    return store.incidents.recent(now - INCIDENT_WINDOW, target, limit), "memory"
+
+
+def incidents_html(found: list[Incident], source: str, now: float, show_target: bool = True) -> str:
+    when = lambda ts: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))  # noqa: E731
+    rows = []
+    for i in found:
+        end = f"ongoing since {when(i.start)}" if i.end is None else when(i.end)
+        name = f"<td><a href='targets/{html.escape(i.target)}'>{html.escape(i.target)}</a></td>" if show_target else ""
+        rows.append(f"<tr class='{'down' if i.end is None else 'past'}'>{name}<td>{when(i.start)}</td><td>{end}</td>"
+                    f"<td>{human_duration(i.duration(now))}</td><td class='reason'>{html.escape(i.reason)}</td></tr>")
+    origin = "from Prometheus, one point a minute" if source == "prometheus" else "since stackwatch started"
+    head = ("<th>Target</th>" if show_target else "") + "<th>Start (UTC)</th><th>End</th><th>Duration</th><th>Reason</th>"
+    if not rows:
+        return f"<h2>Incidents, last 24 hours</h2><p class='note'>None ({origin}).</p>"
+    return (f"<h2>Incidents, last 24 hours</h2><p class='note'>Failing probes, {origin}.</p>"
+            f"<table class='incidents'><tr>{head}</tr>{''.join(rows)}</table>")
+
+
 @dataclass(frozen=True, slots=True)
 class Uptimes:
     """What the JSON API shows of a target's history."""
@@ -397,19 +437,83 @@ def bar_svg_compact(buckets: list[Bucket], width: int = 288, height: int = 14, t
             f'role="img" aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>{paths}</svg>')
 
 
-def latency_svg(points: list[tuple[float, float]], width: int = 720, height: int = 160) -> str:
+LATENCY_RANGES = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0}
+
+
+async def latency_history(remotes: Remotes, target: str, range_: str) -> list[tuple[float, float]]:
+    """The target's p95 over 1h, 24h or 7d from Prometheus (stackwatch_probe_recent_duration_seconds,
+    240 points).  RemoteError without a Prometheus or when it fails."""
+    if not remotes.prometheus:
+        raise RemoteError("config", "no --prometheus.url")
+    seconds = LATENCY_RANGES[range_]
+    now = time.time()
+    expr = f'max(stackwatch_probe_recent_duration_seconds{{target=~"{_matcher([target])}",quantile="0.95"}})'
+    series = await remotes.query_range(expr, now - seconds, now, seconds / 240)
+    points = [(float(t), float(v)) for s in series for t, v in s.values]
+    return [(t, v) for t, v in points if not math.isnan(v)]
+
+
+GOAL_P95 = 2.0
+"""The latency line drawn on a target's chart: the p95 threshold of StackwatchHighResponseTime."""
+
+
+def latency_svg(points: list[tuple[float, float]], width: int = 720, height: int = 180, label: str = "probe latency",
+                goal: float = GOAL_P95) -> str:
+    """A line of (time, seconds) with labelled axes (milliseconds up, UTC time along) and the
+    goal as a dashed line when it is within twice the highest point (named below otherwise)."""
     if len(points) < 2:
         return '<p class="note">Not enough probes yet for a latency chart.</p>'
+    left, bottom, right = 52, 22, 8
+    plot_w, plot_h = width - left - right, height - bottom - 10
     t0, t1 = points[0][0], points[-1][0]
-    top = max(v for _, v in points) or 1.0
     span = (t1 - t0) or 1.0
-    coords = " ".join(f"{(t - t0) / span * (width - 50) + 45:.1f},{height - 20 - v / top * (height - 30):.1f}"
-                      for t, v in points)
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="probe latency">'
-            f'<line x1="45" y1="{height - 20}" x2="{width}" y2="{height - 20}" stroke="#999"/>'
-            f'<text x="0" y="14" font-size="11">{top * 1000:.0f} ms</text>'
-            f'<text x="0" y="{height - 22}" font-size="11">0</text>'
-            f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{coords}"/></svg>')
+    high = max(v for _, v in points) or 0.001
+    top = _nice_ceiling(max(high, goal) if goal <= 2 * high else high)
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span * plot_w
+
+    def y(v: float) -> float:
+        return 10 + plot_h - v / top * plot_h
+
+    parts = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="{html.escape(label)}"><title>{html.escape(label)}</title>']
+    for frac in (0, 0.5, 1):  # y axis: 0, half, top
+        v = top * frac
+        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{width - right}" y2="{y(v):.1f}" stroke="#e0e0e0"/>'
+                     f'<text x="{left - 4}" y="{y(v) + 4:.1f}" font-size="11" text-anchor="end">{_ms(v)}</text>')
+    ticks = 4
+    fmt = "%H:%M:%S" if span < 600 else "%H:%M" if span <= 2 * 86400 else "%m-%d"
+    for k in range(ticks + 1):  # x axis: times in UTC
+        t = t0 + span * k / ticks
+        anchor = "start" if k == 0 else "end" if k == ticks else "middle"
+        parts.append(f'<text x="{x(t):.1f}" y="{height - 6}" font-size="11" text-anchor="{anchor}">'
+                     f'{time.strftime(fmt, time.gmtime(t))}</text>')
+    if goal <= top:
+        parts.append(f'<line x1="{left}" y1="{y(goal):.1f}" x2="{width - right}" y2="{y(goal):.1f}" stroke="#c62828" '
+                     f'stroke-dasharray="5,4"><title>goal: p95 under {_ms(goal)}</title></line>'
+                     f'<text x="{width - right}" y="{y(goal) - 3:.1f}" font-size="11" fill="#c62828" '
+                     f'text-anchor="end">goal {_ms(goal)}</text>')
+    coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in points)
+    parts.append(f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{coords}"/></svg>')
+    if goal > top:
+        parts.append(f'<p class="note">Goal: p95 under {_ms(goal)} (above the chart; times in UTC).</p>')
+    else:
+        parts.append('<p class="note">Times in UTC; the dashed line is the p95 goal.</p>')
+    return "".join(parts)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+def _nice_ceiling(v: float) -> float:
+    """The smallest 1, 2, 2.5 or 5 times a power of ten at or above v."""
+    power = 10 ** math.floor(math.log10(v))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * power >= v * 0.999:
+            return m * power
+    return 10 * power
 
 
 def page(title: str, body: str, refresh: int = 30) -> str:

@@ -8,6 +8,7 @@ status page and the JSON API read) and the rendered lines the collector puts bes
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 from stackwatch.config import Config, TargetConfig
 from stackwatch.buckets import bucket_index
 from stackwatch.history import History
+from stackwatch.incidents import IncidentLog
 from stackwatch.probes.base import ProbeResult, Reason, failing_checks
 
 # Exact edges at the documented thresholds (0.3 s and 0.5 s goals, 1 s, 2 s for L1, 5 s for L2),
@@ -100,6 +102,8 @@ class Store:
         self._labels_of = labels_of
         self._on_change = on_change
         self._by_name: tuple[int, list[TargetState]] | None = None
+        self.incidents = IncidentLog()
+        """Failing spells of every target (the status page's incident list without Prometheus)."""
 
     def set_targets(self, config: Config) -> None:
         """Keep state (counters, last result) of targets whose config is unchanged; drop removed ones."""
@@ -132,6 +136,7 @@ class Store:
             self._on_change(state, None)
             new[t.name] = state
         self.states = new
+        self.incidents.keep_only(set(new), time.time())
         self._regroup()
         self.version += 1
 
@@ -161,6 +166,8 @@ class Store:
         if state.result is None or state.result.success != result.success:
             state.since = result.finished_at
         state.result = Outcome.of(result)
+        self.incidents.record(name, result.finished_at, result.success,
+                              "" if result.success else f"{(result.reason or Reason.INTERNAL).value}: {result.message}")
         if result.success:
             state.successes += 1
         else:
