@@ -4,6 +4,7 @@ and from Prometheus; the page rendered by headless Chromium."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -197,10 +198,20 @@ def test_status_page_in_headless_chromium(servers, algod, tmp_path):
                                                dom.partition("Incidents, last 24 hours")[0]))
         assert rows == [("degraded", "chain"), ("down", "api-refused"), ("down", "health-check"), ("up", "web")], \
             dom[:2000]
-        shot = tmp_path / "status-page.png"
-        subprocess.run([chromium, *flags, f"--screenshot={shot}", sw.base + "/"], capture_output=True, timeout=90)
-        assert shot.exists() and shot.stat().st_size > 10_000
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # Screenshots at desktop and phone width, of the list and of a target's page; written to
+        # docs/ as well when STACKWATCH_SCREENSHOTS_TO_DOCS=1 (how the README's pictures are made).
+        shots = {"status-page.png": ("/", 1400), "status-page-phone.png": ("/", 400),
+                 "target-page.png": ("/targets/api-refused", 1400), "target-page-phone.png": ("/targets/api-refused", 400)}
+        for name, (path, width) in shots.items():
+            shot = tmp_path / name
+            size = [f for f in flags if not f.startswith("--window-size")] + [f"--window-size={width},1100"]
+            subprocess.run([chromium, *size, "--hide-scrollbars", f"--screenshot={shot}", sw.base + path],
+                           capture_output=True, timeout=90)
+            assert shot.exists() and shot.stat().st_size > 10_000, name
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert int.from_bytes(shot.read_bytes()[16:20], "big") == width  # PNG IHDR width
+            if os.environ.get("STACKWATCH_SCREENSHOTS_TO_DOCS") == "1":
+                shutil.copy(shot, ROOT / "docs" / name)
     finally:
         sw.stop()
 

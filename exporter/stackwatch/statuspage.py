@@ -386,7 +386,7 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;pad
 vertical-align:top;font-size:.9em}.state{font-weight:bold;text-transform:uppercase}
 .up .state{color:#2e7d32}.degraded .state{color:#ef8f00}.down .state,.stale .state{color:#c62828}
 .pending .state{color:#757575}.note{color:#555;font-size:.85em}.summary span{margin-right:1.2em}
-svg{display:block;max-width:100%}.reason{max-width:32em;word-break:break-word}
+svg{display:block;max-width:100%;height:auto}.reason{max-width:32em;word-break:break-word}
 @media (max-width:640px){body{margin:.6em}table,tbody,tr,td{display:block;width:100%}tr:first-child{display:none}
 table.job tr:first-child{display:block}tr{border-bottom:1px solid #ddd;padding:.5em 0}td{border:0;padding:2px 0}td svg{width:100%;height:12px}
 .reason{max-width:none}}"""
@@ -405,8 +405,8 @@ def bar_svg(buckets: list[Bucket], width: int = 288, height: int = 14, title: st
         tip = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.start)) + " UTC: " + pct(b.ratio)
         rects.append(f'<rect x="{i * w:.2f}" width="{max(w - 0.6, 0.6):.2f}" height="{height}" fill="{color}">'
                      f"<title>{tip}</title></rect>")
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
-            + "".join(rects) + "</svg>")
+    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+            f'role="img" aria-label="{html.escape(title)}">' + "".join(rects) + "</svg>")
 
 
 def _bar_color(ratio: float | None) -> str:
@@ -504,6 +504,10 @@ def latency_svg(points: list[tuple[float, float]], width: int = 720, height: int
 
 
 def _ms(seconds: float) -> str:
+    if seconds == 0:
+        return "0"
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g} ms"
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:g} s"
 
 
