@@ -13,37 +13,63 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig
+from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
+    ReduceDataOptions,
+    VizLegendOptions,
+    VizTooltipOptions,
+)
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
     DashboardLink,
     DatasourceVariable,
     QueryVariable,
     Row,
+    TextBoxVariable,
     ThresholdsConfig,
 )
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
+from grafana_foundation_sdk.builders.statetimeline import Panel as StateTimeline
 from grafana_foundation_sdk.builders.table import Panel as Table
 from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.common import GraphThresholdsStyleMode
+from grafana_foundation_sdk.models.common import (
+    BigValueColorMode,
+    BigValueGraphMode,
+    BigValueJustifyMode,
+    BigValueTextMode,
+    FieldTextAlignment,
+    GraphThresholdsStyleMode,
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    TooltipDisplayMode,
+    VisibilityMode,
+    VizOrientation,
+)
 from grafana_foundation_sdk.models.dashboard import (
     DashboardLinkType,
     DataSourceRef,
     DataTransformerConfig,
+    DynamicConfigValue,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
+    VariableOption,
     VariableRefresh,
 )
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RUNBOOK = "https://github.com/stackwatch/stackwatch/blob/main/docs/runbook.md"
-ALERTMANAGER = "http://localhost:9093/#/alerts"
+ALERTMANAGER = "${alertmanager}/#/alerts"
+"""Alertmanager's address is a dashboard variable (a text box, default http://localhost:9093)."""
 
 # THRESHOLDS.md rows drawn as lines or colour steps (tests/test_dashboards.py checks these numbers).
 THRESHOLDS = {
@@ -65,7 +91,15 @@ B6_CRITICAL = 2 * 86400.0
 BURN_RATES = (14.4, 6.0, 3.0, 1.0)  # A1's multiwindow burn-rate thresholds
 
 
+JI = 'job=~"$job",instance=~"$instance",'
+"""The job and instance filters, in every selector of a raw stackwatch series."""
+_RECORDED = re.compile(r'(\b(?:target|target_le|target_quantile):[\w:]+)\{' + re.escape(JI))
+
+
 def q(expr: str, legend: str = "", instant: bool = False, table: bool = False) -> Dataquery:
+    # Recorded series (target:..., target_quantile:...) are aggregated by target across
+    # exporters (replicas, shards, apps): they carry no job or instance to filter on.
+    expr = _RECORDED.sub(r"\1{", expr)
     d = Dataquery().expr(expr).legend_format(legend or "__auto")
     if instant:
         d = d.instant()
@@ -86,7 +120,10 @@ def runbook(alert: str) -> list[DashboardLink]:
 
 def ts(title: str, description: str, unit: str, *targets: Dataquery, lines: ThresholdsConfig | None = None,
        alert: str | None = None, span: int = 12) -> Timeseries:
-    p = Timeseries().title(title).description(description).datasource(DS).unit(unit).height(8).span(span)
+    p = Timeseries().title(title).description(description).datasource(DS).unit(unit).height(8).span(span) \
+        .legend(VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
+                .show_legend(True).calcs([])) \
+        .tooltip(VizTooltipOptions().mode(TooltipDisplayMode.MULTI).sort(SortOrder.DESCENDING))
     for i, t in enumerate(targets):
         p = p.with_target(t.ref_id(chr(65 + i)))
     if lines is not None:
@@ -97,41 +134,81 @@ def ts(title: str, description: str, unit: str, *targets: Dataquery, lines: Thre
 
 
 def stat(title: str, description: str, unit: str, target: Dataquery, colours: ThresholdsConfig,
-         alert: str | None = None, span: int = 6) -> Stat:
+         alert: str | None = None, span: int = 6, mappings: list | None = None) -> Stat:
     p = Stat().title(title).description(description).datasource(DS).unit(unit).height(4).span(span) \
-        .with_target(target.ref_id("A")).thresholds(colours)
+        .with_target(target.ref_id("A")).thresholds(colours) \
+        .graph_mode(BigValueGraphMode.NONE).color_mode(BigValueColorMode.VALUE) \
+        .justify_mode(BigValueJustifyMode.AUTO).text_mode(BigValueTextMode.AUTO).orientation(VizOrientation.AUTO) \
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]).values(False).fields("")) \
+        .wide_layout(True).show_percent_change(False)
+    if mappings:
+        p = p.mappings(mappings)
     if alert:
         p = p.links(runbook(alert))
     return p
 
 
 def table(title: str, description: str, unit: str, *targets: Dataquery, transformations: list | None = None,
-          alert: str | None = None, span: int = 12) -> Table:
-    p = Table().title(title).description(description).datasource(DS).unit(unit).height(8).span(span)
+          alert: str | None = None, span: int = 12,
+          overrides: list[tuple[str, list[tuple[str, object]]]] | None = None) -> Table:
+    p = Table().title(title).description(description).datasource(DS).unit(unit).height(8).span(span) \
+        .show_header(True).frame_index(0).align(FieldTextAlignment.AUTO).inspect(False)
     for i, t in enumerate(targets):
         p = p.with_target(t.ref_id(chr(65 + i)))
     for tr in transformations or []:
         p = p.with_transformation(tr)
+    for field_name, props in overrides or []:
+        p = p.override_by_name(field_name, [DynamicConfigValue(id_val=k, value=v) for k, v in props])
     if alert:
         p = p.links(runbook(alert))
     return p
 
 
+def timeline(title: str, description: str, target: Dataquery, mappings: list, span: int = 24) -> StateTimeline:
+    return (StateTimeline().title(title).description(description).datasource(DS).unit("short").height(8).span(span)
+            .with_target(target.ref_id("A")).mappings(mappings).show_value(VisibilityMode.NEVER)
+            .merge_values(True).row_height(0.9).fill_opacity(80).line_width(0)
+            .legend(VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
+                    .show_legend(True).calcs([]))
+            .tooltip(VizTooltipOptions().mode(TooltipDisplayMode.SINGLE).sort(SortOrder.NONE))
+            .thresholds(steps((None, "red"), (1, "green"))))
+
+
+def _targets_of(metric: str) -> str:
+    """The target variable's query: a recorded series has no job or instance to filter by."""
+    if metric.startswith("target"):
+        return f"label_values({metric}, target)"
+    return f"label_values({metric}{{{JI.rstrip(',')}}}, target)"
+
+
 def base(uid: str, title: str, description: str, target_query: str = "stackwatch_probe_success") -> Dashboard:
     return (
         Dashboard(title).uid(uid).description(description).tags(["stackwatch"]).refresh("30s").time("now-3h", "now")
-        .editable()
+        .readonly()
         .with_variable(DatasourceVariable("datasource").label("Data source").type("prometheus"))
-        .with_variable(QueryVariable("target").label("Target").datasource(DS)
-                       .query(f"label_values({target_query}, target)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .with_variable(QueryVariable("job").label("Job").datasource(DS)
+                       .query("label_values(stackwatch_build_info, job)").refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
                        .multi(True).include_all(True).all_value(".*"))
+        .with_variable(QueryVariable("instance").label("Instance").datasource(DS)
+                       .query('label_values(stackwatch_build_info{job=~"$job"}, instance)')
+                       .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*"))
+        .with_variable(QueryVariable("target").label("Target").datasource(DS)
+                       .query(_targets_of(target_query))
+                       .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*"))
+        .with_variable(TextBoxVariable("alertmanager").label("Alertmanager URL")
+                       .default_value("http://localhost:9093")
+                       .current(VariableOption(selected=True, text="http://localhost:9093", value="http://localhost:9093")))
         .link(DashboardLink("stackwatch dashboards").type(DashboardLinkType.DASHBOARDS).tags(["stackwatch"])
               .as_dropdown(True))
         .link(DashboardLink("Alertmanager").type(DashboardLinkType.LINK).url(ALERTMANAGER).target_blank(True))
     )
 
 
-T = 'target=~"$target"'
+T = JI + 'target=~"$target"'
+UP_DOWN = [ValueMap(options={"0": ValueMappingResult(text="down", color="red", index=0),
+                             "1": ValueMappingResult(text="up", color="green", index=1)})]
+YES_NO = [ValueMap(options={"0": ValueMappingResult(text="no", color="red", index=0),
+                            "1": ValueMappingResult(text="yes", color="green", index=1)})]
 RED_GREEN = steps((None, "green"), (1, "red"))
 
 
@@ -149,15 +226,30 @@ def overview() -> Dashboard:
                          q('count(ALERTS{alertstate="firing",alertname!="StackwatchWatchdog"}) or vector(0)', instant=True),
                          RED_GREEN))
         .with_panel(stat("Exporter up", "1 if Prometheus scrapes stackwatch.", "short",
-                         q('min(up{job="stackwatch"})', instant=True), steps((None, "red"), (1, "green")),
-                         alert="StackwatchExporterDown"))
-        .with_panel(table("Status of every target", "Up (1) or down (0), the failure reason, and the probe duration, "
-                          "as a status table.", "short",
+                         q('min(up{job=~"$job",instance=~"$instance"})', instant=True), steps((None, "red"), (1, "green")),
+                         alert="StackwatchExporterDown", mappings=UP_DOWN))
+        .with_panel(table("Status of every target", "Each target's state (up or down, coloured), why it fails, "
+                          "its last probe's duration and its uptime over the selected time range; the target "
+                          "name links to the services dashboard for it.", "short",
                           q(f"stackwatch_probe_success{{{T}}}", instant=True, table=True),
                           q(f"stackwatch_probe_failure_reason{{{T}}} == 1", instant=True, table=True),
                           q(f"stackwatch_probe_last_duration_seconds{{{T}}}", instant=True, table=True),
-                          transformations=[DataTransformerConfig(id_val="merge", options={})],
+                          q(f"avg_over_time(stackwatch_probe_success{{{T}}}[$__range])", instant=True, table=True),
+                          transformations=[
+                              DataTransformerConfig(id_val="merge", options={}),
+                              DataTransformerConfig(id_val="organize", options={
+                                  "excludeByName": {"Time": True, "__name__": True, "job": True, "Value #B": True},
+                                  "renameByName": {"Value #A": "State", "reason": "Reason",
+                                                   "Value #C": "Last probe", "Value #D": "Uptime"}})],
+                          overrides=[("State", [("mappings", UP_DOWN), ("custom.cellOptions", {"type": "color-text"})]),
+                                     ("Last probe", [("unit", "s")]),
+                                     ("Uptime", [("unit", "percentunit"), ("decimals", 3)]),
+                                     ("target", [("links", [{"title": "RED of ${__value.text}", "url":
+                                                 "/d/stackwatch-red?var-target=${__value.text}&${__url_time_range}"
+                                                 "&var-datasource=${datasource}"}])])],
                           alert="StackwatchTargetDown", span=24))
+        .with_panel(timeline("State over time", "Up or down at every moment of the selected range, per target.",
+                             q(f"stackwatch_probe_success{{{T}}}", "{{target}}"), UP_DOWN))
         .with_row(Row("Integration matrix"))
         .with_panel(table("Features by service", "Features each service reports in its health JSON "
                           "(the `info: {feature: ...}` of its http target): feature x service.", "short",
@@ -254,8 +346,10 @@ def databases() -> Dashboard:
                        "percentunit", q(f"stackwatch_sql_server_connections_utilization_ratio{{{T}}}", "{{target}}"),
                        lines=steps((None, "green"), (THRESHOLDS["D2"], "red")),
                        alert="StackwatchDatabaseConnectionPoolExhausted", span=12))
-        .with_panel(table("Missing schema objects", "Expected columns that are missing or of another type (D3).",
-                          "short", q(f"stackwatch_sql_schema_column_present{{{T}}} == 0", instant=True, table=True),
+        .with_panel(table("Missing schema objects", "Expected tables and columns that are missing, or columns of "
+                          "another type (D3).", "short",
+                          q(f"stackwatch_sql_schema_table_present{{{T}}} == 0", instant=True, table=True),
+                          q(f"stackwatch_sql_schema_column_present{{{T}}} == 0", instant=True, table=True),
                           alert="StackwatchDatabaseSchemaMissing", span=12))
         .with_panel(ts("Custom query durations", "Duration of each custom query's last run.", "s",
                        q(f"stackwatch_sql_query_duration_seconds{{{T}}}", "{{target}} {{query}}"), span=12))
@@ -273,10 +367,10 @@ def algorand() -> Dashboard:
         .with_row(Row("Node"))
         .with_panel(stat("Node ready", "1 if /ready answered 200.", "short",
                          q(f"stackwatch_algorand_node_ready{{{T}}}", "{{target}}", instant=True),
-                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandNodeNotSynced"))
+                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandNodeNotSynced", mappings=YES_NO))
         .with_panel(stat("Network match", "1 if the node is on the configured network.", "short",
                          q(f"stackwatch_algorand_network_match{{{T}}}", "{{target}}", instant=True),
-                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandWrongNetwork"))
+                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandWrongNetwork", mappings=YES_NO))
         .with_panel(ts("Time since last round", "Seconds since the node's last round; stalled above 60 s (B4).", "s",
                        q(f"stackwatch_algorand_time_since_last_round_seconds{{{T}}}", "{{target}}"),
                        lines=steps((None, "green"), (60, "red")), span=12))
@@ -291,7 +385,7 @@ def algorand() -> Dashboard:
                          alert="StackwatchAlgorandAccountUnderfunded"))
         .with_panel(stat("Assets found", "1 if the asset exists on the node's network (0: B1).", "short",
                          q(f"stackwatch_algorand_asset_exists{{{T}}}", "{{asset}}", instant=True),
-                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandAssetMissing"))
+                         steps((None, "red"), (1, "green")), alert="StackwatchAlgorandAssetMissing", mappings=YES_NO))
         .with_panel(table("Transactions", "State of each watched transaction.", "short",
                           q(f"stackwatch_algorand_transaction_state{{{T}}} == 1", instant=True, table=True),
                           alert="StackwatchAlgorandTransactionNotConfirmed", span=24))
@@ -310,7 +404,7 @@ def algorand() -> Dashboard:
                          "registered key for the current round (B7, B9).", "short",
                          q(f"min by (target, account) (stackwatch_algorand_account_online{{{T}}})", "{{account}}",
                            instant=True), steps((None, "red"), (1, "green")),
-                         alert="StackwatchAlgorandAccountSuspended"))
+                         alert="StackwatchAlgorandAccountSuspended", mappings=YES_NO))
         .with_panel(ts("Rounds since last vote", "Rounds since the node's key for the account last voted; "
                        "not voting past 1,000 (B8).", "short",
                        q(f"stackwatch_algorand_participation_rounds_since_last_vote{{{T}}}", "{{target}} {{account}}"),
