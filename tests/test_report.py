@@ -89,6 +89,14 @@ def test_html_report_and_telegram_delivery(live, tmp_path):
     page = report(prom, "--format", "html")
     assert page.startswith("<!doctype html>") and "<table" in page and "<h2>Incidents" in page
     assert '<b style="color:#c62828">DOWN</b>' in page  # states in colour (api is down)
+    # Inline SVG charts after their tables: availability per service with the SLO line (api at
+    # 0 %: a red, empty bar), p95 per answering service against the 2 s goal (api: none)
+    avail = page.partition("<h2>Availability")[2].partition("<h2>")[0]
+    assert "<svg" in avail and "SLO 99.9 %" in avail
+    bars = dict(re.findall(r'<rect [^>]*fill="(#\w+)"><title>([\w-]+):', avail)[i][::-1] for i in range(3))
+    assert bars["api"] == "#c62828" and bars["web"] == "#2e7d32", bars
+    latency = page.partition("<h2>Latency")[2].partition("<h2>")[0]
+    assert "p95 goal 2 s" in latency and "<title>web:" in latency and "<title>api:" not in latency
     receivers = Receivers()
     try:
         token = tmp_path / "bot"

@@ -430,12 +430,69 @@ def _decorate(text: str, runbook_base: str) -> str:
     return text
 
 
+def _bars_svg(rows: list[tuple[str, float, str, str]], scale_max: float, goal: float | None, goal_text: str,
+              axis: list[tuple[float, str]], scale_min: float = 0.0) -> str:
+    """Horizontal bars, one per (label, value, colour, value text), on a scale from scale_min to
+    scale_max, with the goal as a dashed line.  Inline SVG with inline attributes only."""
+    if not rows:
+        return ""
+    label_w, bar_w, row_h = 170, 360, 18
+    width, height = label_w + bar_w + 90, 24 + row_h * len(rows) + 18
+
+    def x(v: float) -> float:
+        return label_w + max(0.0, min(1.0, (v - scale_min) / (scale_max - scale_min))) * bar_w
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{html.escape(goal_text)}" style="font-family:sans-serif;font-size:11px">']
+    for i, (label, value, colour, text) in enumerate(rows):
+        y = 20 + i * row_h
+        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{html.escape(label[:28])}</text>'
+                     f'<rect x="{label_w}" y="{y + 2}" width="{x(value) - label_w:.1f}" height="{row_h - 5}" '
+                     f'fill="{colour}"><title>{html.escape(label)}: {html.escape(text)}</title></rect>'
+                     f'<text x="{x(value) + 4:.1f}" y="{y + 12}">{html.escape(text)}</text>')
+    bottom = 20 + row_h * len(rows)
+    for v, text in axis:
+        parts.append(f'<text x="{x(v):.1f}" y="{bottom + 14}" text-anchor="middle" fill="#555">{text}</text>')
+    if goal is not None:
+        parts.append(f'<line x1="{x(goal):.1f}" y1="14" x2="{x(goal):.1f}" y2="{bottom}" stroke="#c62828" '
+                     f'stroke-dasharray="4,3"/><text x="{x(goal):.1f}" y="11" text-anchor="middle" '
+                     f'fill="#c62828">{html.escape(goal_text)}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def availability_svg(r: Report) -> str:
+    """Availability per service on a 99 %..100 % scale (below 99 % the bar is empty), the SLO marked."""
+    rows = []
+    for t in sorted(r.availability, key=lambda t: r.availability[t]):
+        a = r.availability[t]
+        colour = "#2e7d32" if a >= SLO else "#ef8f00" if a >= 0.99 else "#c62828"
+        rows.append((t, a, colour, _pct(a)))
+    return _bars_svg(rows, 1.0, SLO, f"SLO {SLO * 100:.1f} %", [(0.99, "99 %"), (0.995, "99.5 %"), (1.0, "100 %")],
+                     scale_min=0.99)
+
+
+def latency_svg(r: Report) -> str:
+    """p95 per service against the p95 goal (a service without a successful probe is not drawn)."""
+    values = {t: v for t, v in r.p95.items() if t not in r.unanswered}
+    if not values:
+        return ""
+    top = max(max(values.values()), GOAL_P95) * 1.1
+    rows = [(t, v, "#2e7d32" if v < GOAL_P95 else "#c62828", _ms(v)) for t, v in sorted(values.items())]
+    return _bars_svg(rows, top, GOAL_P95, f"p95 goal {GOAL_P95:g} s",
+                     [(0.0, "0"), (top / 2, _ms(top / 2)), (top, _ms(top))])
+
+
 def to_html(r: Report) -> str:
-    """The report as an HTML e-mail body (inline styles, no external assets)."""
+    """The report as an HTML e-mail body (inline styles, no external assets; the availability
+    and latency tables followed by small inline SVG charts)."""
     out = ['<!doctype html><html><head><meta charset="utf-8"><title>Health report</title></head>'
            '<body style="font-family:sans-serif">']
+    charts = {"Availability": availability_svg(r), "Latency": latency_svg(r)}
+    section = ""
     in_table = False
     for line in markdown(r).splitlines():
+        if line.startswith("## "):
+            section = line[3:].split(" ", 1)[0]
         if line.startswith("|"):
             if set(line) <= set("|-"):
                 continue
@@ -448,7 +505,7 @@ def to_html(r: Report) -> str:
                                         for c in cells) + "</tr>")
             continue
         if in_table:
-            out.append("</table>")
+            out.append("</table>" + charts.pop(section, ""))
             in_table = False
         text = _decorate(html.escape(_md_plain(re.sub(r"(?<!\\)\*\*", "", line))), r.runbook_base)
         if line.startswith("# "):
@@ -460,7 +517,7 @@ def to_html(r: Report) -> str:
         elif line:
             out.append(f"<p>{text}</p>")
     if in_table:
-        out.append("</table>")
+        out.append("</table>" + charts.pop(section, ""))
     return "".join(out) + "</body></html>\n"
 
 
