@@ -299,6 +299,28 @@ def red() -> Dashboard:
         .with_panel(ts("TLS certificate expiry", "Days until the leaf certificate expires.", "d",
                        q(f"(stackwatch_http_tls_cert_expiry_timestamp_seconds{{{T}}} - time()) / 86400", "{{target}}"),
                        alert="StackwatchTLSCertificateExpiring", span=12))
+        .with_row(Row("Per target"))
+        .with_panel(table("Target details", "Per probed target: uptime over the selected range, the last HTTP "
+                          "status code, the TLS version and the time left on the certificate, and why it fails now.",
+                          "short",
+                          q(f"avg_over_time(stackwatch_probe_success{{{T}}}[$__range])", instant=True, table=True),
+                          q(f"stackwatch_http_status_code{{{T}}}", instant=True, table=True),
+                          q(f"stackwatch_http_tls_version_info{{{T}}}", instant=True, table=True),
+                          q(f"stackwatch_http_tls_cert_expiry_timestamp_seconds{{{T}}} - time()", instant=True,
+                            table=True),
+                          q(f"stackwatch_probe_failure_reason{{{T}}} == 1", instant=True, table=True),
+                          transformations=[
+                              DataTransformerConfig(id_val="merge", options={}),
+                              DataTransformerConfig(id_val="organize", options={
+                                  "excludeByName": {"Time": True, "__name__": True, "job": True, "kind": True,
+                                                    "Value #C": True, "Value #E": True},
+                                  "renameByName": {"Value #A": "Uptime", "Value #B": "Status code",
+                                                   "version": "TLS", "Value #D": "Certificate expires in",
+                                                   "reason": "Failing because"}})],
+                          overrides=[("Uptime", [("unit", "percentunit"), ("decimals", 3)]),
+                                     ("Status code", [("unit", "none")]),
+                                     ("Certificate expires in", [("unit", "dtdurations")])],
+                          alert="StackwatchTargetDown", span=24))
     )
 
 

@@ -135,6 +135,12 @@ def test_threshold_values_are_the_documented_ones():
 
 
 # Panels allowed to be empty in the demo, with the reason.
+EMPTY_QUERIES = {
+    ("Target details", "stackwatch_http_tls_version_info"): "a target uses https",
+    ("Target details", "stackwatch_http_tls_cert_expiry_timestamp_seconds"): "a target uses https",
+}
+"""Single queries of a panel with data that are empty in the demo, and why."""
+
 EMPTY_UNTIL = {
     "TLS certificate expiry": "a target uses https (the demo's services are plain http)",
     "Migrations": "a sql target sets `migrations:` (the demo's SQLite databases use no Alembic)",
@@ -179,6 +185,10 @@ def test_every_panel_query_returns_data_from_the_demo(demo):
                         .replace("$job", ".*").replace("$instance", ".*"))
                 result = prom.query(expr)
                 checked += 1
+                excused = [m for (title, m) in EMPTY_QUERIES if title == p["title"] and m in expr]
+                if excused:
+                    assert not result, f"{p['title']}: {excused} has data now: drop it from EMPTY_QUERIES"
+                    continue
                 if not result and p["title"] not in EMPTY_UNTIL:
                     empty.append(f"{path.name}: {p['title']}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
