@@ -43,27 +43,29 @@ AI_GO_STATS = {"totalModels": 63, "activeModels": 51, "operationalModels": 49, "
                "outageModels": 1, "avgAvailability": 96.9, "dataSource": "database"}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def quiet_port() -> int:
-    """A free port below the ephemeral range, for a server started later than the port is chosen
-    (no outgoing connection can take it meanwhile)."""
+    """A port for a server started after the port is chosen (a child process, a config file
+    written first): free now, below the ephemeral range, so no outgoing connection of this or
+    any process can take it meanwhile, and never handed out twice in one test run."""
     import random
     from pathlib import Path
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for port in random.sample(range(max(1024, low - 12000), low), 500):
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise AssertionError("no free port below the ephemeral range")
+
 
 
 class LoopThread:

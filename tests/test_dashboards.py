@@ -4,6 +4,7 @@ match THRESHOLDS.md, and every panel query returns data from a live Prometheus s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -161,12 +162,13 @@ def demo(tmp_path_factory):
     except AssertionError:
         proc.stop()
         raise AssertionError(proc.log()) from None
-    rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
-             str(ROOT / "prometheus" / "rules" / "stackwatch-alerts.yml")]
-    prom = Prometheus(tmp, [stackwatch_scrape(proc)], rule_files=rules)  # type: ignore[arg-type]
-    yield proc, prom
-    prom.stop()
-    proc.stop()
+    with contextlib.ExitStack() as running:  # the demo stops even when Prometheus fails to start
+        running.callback(proc.stop)
+        rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
+                 str(ROOT / "prometheus" / "rules" / "stackwatch-alerts.yml")]
+        prom = Prometheus(tmp, [stackwatch_scrape(proc)], rule_files=rules)  # type: ignore[arg-type]
+        running.callback(prom.stop)
+        yield proc, prom
 
 
 def test_every_panel_query_returns_data_from_the_demo(demo):

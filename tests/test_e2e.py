@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import html
 import signal
@@ -134,11 +135,12 @@ def algod():
 def stack(servers, tmp_path_factory, pg_schema, algod):
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = write_config(tmp / "stackwatch.yml", servers, pg_schema=pg_schema, algod_url=algod.algod_url)
-    sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN, "E2E_ALGOD_TOKEN": ALGOD_TOKEN})
-    prom = Prometheus(tmp, [stackwatch_scrape(sw)])
-    yield sw, prom, cfg
-    prom.stop()
-    sw.stop()
+    with contextlib.ExitStack() as running:  # stops what started, even when a later start fails
+        sw = Stackwatch(cfg, tmp, env={"E2E_TOKEN": TOKEN, "E2E_ALGOD_TOKEN": ALGOD_TOKEN})
+        running.callback(sw.stop)
+        prom = Prometheus(tmp, [stackwatch_scrape(sw)])
+        running.callback(prom.stop)
+        yield sw, prom, cfg
     assert TOKEN not in sw.log() and ALGOD_TOKEN not in sw.log(), "a secret reached the log"
 
 

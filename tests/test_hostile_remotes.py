@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from harness import Stackwatch, http_get, wait_until
 from stackwatch import bundle
-from targets import quiet_port
+from targets import free_port
 from test_alerting import Alertmanager
 
 PAGE_DEADLINE = 10.0
@@ -134,7 +134,7 @@ def test_report_gives_one_line_and_an_exit_code(remotes, mode):
 
 def test_silences_reach_an_alertmanager_that_was_down_at_start(servers, tmp_path):
     now = datetime.now(timezone.utc)
-    port = quiet_port()
+    port = free_port()
     cfg = tmp_path / "maint.yml"
     cfg.write_text(f"""maintenance:
   - name: upgrade

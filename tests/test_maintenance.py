@@ -3,6 +3,7 @@ on the status page and in the API, and are left out of the report's availability
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -59,12 +60,16 @@ def silences(am: Alertmanager) -> list[dict]:
 
 
 def test_window_silences_shows_and_is_excluded_from_the_report(servers, tmp_path):
+    running = contextlib.ExitStack()  # stops what started, even when a later start fails
     am = Alertmanager(tmp_path, bundle.render_alertmanager(tmp_path / "am.yml", "1:x", email=False))
+    running.callback(am.stop)
     cfg = tmp_path / "maint.yml"
     cfg.write_text(config_text(servers, window=True))
-    sw = Stackwatch(cfg, tmp_path, extra=["--alertmanager.url", am.base, "--web.enable-lifecycle"])
-    prom = Prometheus(tmp_path, [stackwatch_scrape(sw)])
     try:
+        sw = Stackwatch(cfg, tmp_path, extra=["--alertmanager.url", am.base, "--web.enable-lifecycle"])
+        running.callback(sw.stop)
+        prom = Prometheus(tmp_path, [stackwatch_scrape(sw)])
+        running.callback(prom.stop)
         active = wait_until(lambda: silences(am), 20, "the maintenance silence")
         assert len(active) == 1
         assert active[0]["comment"] == "stackwatch maintenance db-upgrade: upgrading the database"
@@ -93,6 +98,4 @@ def test_window_silences_shows_and_is_excluded_from_the_report(servers, tmp_path
                                       timeout=30).status == 200
         wait_until(lambda: silences(am) == [], 20, "the silence expired")
     finally:
-        prom.stop()
-        sw.stop()
-        am.stop()
+        running.close()

@@ -3,6 +3,7 @@ PromQL, every section is there, and it reaches a (stand-in) Telegram within the 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -38,16 +39,17 @@ targets:
     accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
     assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}}}]
 """)
-    sw = Stackwatch(cfg, tmp, env={"REPORT_ALGOD_TOKEN": TOKEN})
-    rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
-             str(bundle.scaled_alert_rules(tmp / "alerts.yml", divisor=30))]
-    prom = Prometheus(tmp, [stackwatch_scrape(sw)], rule_files=rules)
-    prom.wait_for('ALERTS{alertname="StackwatchTargetDown",alertstate="firing",target="api"}', timeout=60)
-    time.sleep(3)
-    yield prom
-    prom.stop()
-    sw.stop()
-    algod.close()
+    with contextlib.ExitStack() as running:  # stops what started, even when a later start fails
+        running.callback(algod.close)
+        sw = Stackwatch(cfg, tmp, env={"REPORT_ALGOD_TOKEN": TOKEN})
+        running.callback(sw.stop)
+        rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
+                 str(bundle.scaled_alert_rules(tmp / "alerts.yml", divisor=30))]
+        prom = Prometheus(tmp, [stackwatch_scrape(sw)], rule_files=rules)
+        running.callback(prom.stop)
+        prom.wait_for('ALERTS{alertname="StackwatchTargetDown",alertstate="firing",target="api"}', timeout=60)
+        time.sleep(3)
+        yield prom
 
 
 def report(prom: Prometheus, *args: str) -> str:

@@ -17,7 +17,7 @@ from stackwatch.kinds import builtin_kinds
 from stackwatch.kinds import parse_config as parse_builtin
 from stackwatch.probes.base import ProbeContext, ProbeKind
 from stackwatch.runner import Probers
-from stackwatch.scheduler import Scheduler, spread
+from stackwatch.scheduler import LAG_BUCKETS, Scheduler, spread
 
 
 class FakeTarget(TargetConfig):
@@ -108,8 +108,12 @@ async def test_bad_targets_do_not_stop_or_delay_good_ones():
         assert 3 <= s.successes + s.failures <= 8, (name, s.successes, s.failures)
     assert states["good"].failures == 0
     assert states["hangs"].by_reason == {"timeout": states["hangs"].failures}
-    # The hanging target's 200 ms timeouts never delayed the good target's starts.
-    assert sched.lag.counts[-1] == 0 and sched.lag.sum < 0.1
+    # The hanging target's 200 ms timeouts never delayed the other targets' starts: a hang that
+    # blocked the loop would start most runs 100-200 ms late.  (One late start is allowed: a busy
+    # neighbour on a loaded machine can stall any process once; none is 250 ms late.)
+    late = sum(n for bound, n in zip((*LAG_BUCKETS, float("inf")), sched.lag.counts) if bound > 0.1)
+    very_late = sum(n for bound, n in zip((*LAG_BUCKETS, float("inf")), sched.lag.counts) if bound > 0.25)
+    assert late <= 1 and very_late == 0, list(zip(LAG_BUCKETS, sched.lag.counts))
 
 
 async def test_no_overlapping_runs_of_one_target():

@@ -3,6 +3,7 @@ with every series keeping its identity (the target label) whichever replica prob
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 from harness import Stackwatch, wait_until
@@ -17,9 +18,12 @@ def test_two_shards_cover_every_target_exactly_once(servers, tmp_path):
     names = [f"svc-{i}" for i in range(24)]
     cfg.write_text("defaults: {interval: 500ms}\ntargets:\n" + "".join(
         f'  - {{name: {n}, kind: http, url: "{servers.url("/health")}"}}\n' for n in names))
-    a = Stackwatch(cfg, tmp_path, extra=["--shard.index", "0", "--shard.count", "2"])
-    b = Stackwatch(cfg, tmp_path, env={"STACKWATCH_SHARD_INDEX": "1", "STACKWATCH_SHARD_COUNT": "2"})
-    try:
+    with contextlib.ExitStack() as running:  # stops what started, even when a later start fails
+        a = Stackwatch(cfg, tmp_path, extra=["--shard.index", "0", "--shard.count", "2"])
+        running.callback(a.stop)
+        b = Stackwatch(cfg, tmp_path, env={"STACKWATCH_SHARD_INDEX": "1", "STACKWATCH_SHARD_COUNT": "2"})
+        running.callback(b.stop)
+
         def both() -> tuple[set[str], set[str]] | None:
             ta, tb = targets_in(a.metrics()), targets_in(b.metrics())
             return (ta, tb) if len(ta) + len(tb) == len(names) else None
@@ -32,9 +36,6 @@ def test_two_shards_cover_every_target_exactly_once(servers, tmp_path):
         other = sorted(tb)[0]
         from harness import http_get
         assert http_get(a.base + f"/probe?target={other}")[0] == 404
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_a_shard_index_out_of_range_is_refused(tmp_path):

@@ -197,7 +197,7 @@ async def test_silent_listener_ends_at_the_deadline():
             r = await run_probe(sql_target(f"    url: {url}\n", timeout="1s"))
             took = time.monotonic() - started
             assert not r.success and r.reason.value in ("connect_timeout", "timeout"), (url, r.reason, r.message)
-            assert took < 1.5, (url, took)
+            assert took < 5, (url, took)  # the server stays silent 30 s: the 1 s deadline ended it
     finally:
         server.close()
 
@@ -411,7 +411,7 @@ async def test_pg_sleep_is_cancelled_on_the_server_at_the_deadline(pg_admin):
     r = await run_probe(t)
     took = time.monotonic() - started
     assert (r.success, r.reason.value) == (False, "statement_timeout"), r.message
-    assert 0.8 < took < 1.5  # the deadline held (margin for a loaded CI machine)
+    assert 0.8 < took < 5  # the deadline held: the sleep is 60 s (the margin is for a loaded machine)
     await asyncio.sleep(0.3)
     with pg_admin.connect() as c:
         running = c.exec_driver_sql(
@@ -428,7 +428,7 @@ async def test_mariadb_sleep_is_cancelled_on_the_server_at_the_deadline(maria_ad
     r = await run_probe(t)
     took = time.monotonic() - started
     assert not r.success and r.reason.value in ("statement_timeout", "query_error"), r.message
-    assert took < 1.5
+    assert took < 5  # SLEEP(60): the 1 s deadline ended it
     await asyncio.sleep(0.3)
     with maria_admin.connect() as c:
         running = c.exec_driver_sql(
@@ -450,7 +450,7 @@ async def test_table_lock_ends_at_the_deadline(pg_admin, pg_schema):
         started = time.monotonic()
         r = await run_probe(t)
         assert (r.success, r.reason.value) == (False, "statement_timeout"), r.message
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 5  # the lock is held until the end of the test
     finally:
         trans.rollback()
         conn.close()
