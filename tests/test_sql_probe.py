@@ -455,3 +455,35 @@ async def test_table_lock_ends_at_the_deadline(pg_admin, pg_schema):
         trans.rollback()
         conn.close()
         locker.dispose()
+
+
+@pytest.mark.parametrize("url", [PG, MARIA], ids=["postgresql", "mariadb"])
+async def test_a_probe_sends_its_ping_and_its_queries_and_nothing_else(url):
+    """Statements a steady-state probe sends (counted by SQLAlchemy's cursor events, i.e. every
+    statement that reaches the driver): SELECT 1 and the three queries.  No BEGIN/COMMIT around
+    them, no session settings per probe (set once per connection), no pool pre-ping, no ROLLBACK
+    when the connection goes back to the pool.  (Driver-level BEGIN/ROLLBACK are not statements
+    here; autocommit sends none: the server-side counts are in bench/RESULTS.md.)"""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    sent: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        sent.append(statement)
+
+    t = sql_target(f"    url: {url}\n    saturation: false\n    queries:\n"
+                   "      - {name: a, sql: 'SELECT 1 AS v', values: [v]}\n"
+                   "      - {name: b, sql: 'SELECT 2 AS v', values: [v]}\n"
+                   "      - {name: c, sql: 'SELECT 3 AS v', values: [v]}\n")
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        first = await run_probe(t)  # connects: the session's statement timeout is set here
+        assert first.success, first.message
+        sent.clear()
+        second = await run_probe(t)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert second.success, second.message
+    bare = [s.split(" FOR ", 1)[-1] for s in sent]  # MariaDB: each query carries its own time limit
+    assert bare == ["SELECT 1", "SELECT 1 AS v", "SELECT 2 AS v", "SELECT 3 AS v"], sent

@@ -4,8 +4,9 @@ A socket timeout bounds each read, not the call: a server that sends one byte a 
 blocking client busy far past the probe's deadline.  A fixed thread pool would then lose a worker
 to every such call, and a handful of dripping targets would stall every other target of the kind.
 
-:class:`BlockingRunner` runs each call in a thread of its own and waits for it until the deadline
-only.  A call still running then is *abandoned*: the probe fails with ``timeout`` at once, the
+:class:`BlockingRunner` runs each call in a thread of its own (an idle one from earlier calls when
+there is one: a thread is started only when every earlier one is busy, and exits after a minute
+without work) and waits for it until the deadline only.  A call still running then is *abandoned*: the probe fails with ``timeout`` at once, the
 thread finishes (or not) on its own and its result is dropped, and nothing waits for it, so the
 capacity left for other targets is unchanged.  Threads in flight are bounded by the scheduler's
 per-kind limit; abandoned ones by ``max_abandoned`` (past it, new calls fail fast instead of
@@ -15,6 +16,7 @@ piling up threads).  ``stuck`` and ``abandoned_total`` are exported per kind.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,35 @@ from stackwatch.probes.base import ProbeFailure, Reason, release_exception
 T = TypeVar("T")
 
 
+IDLE_EXIT = 60.0
+"""Seconds an idle worker thread waits for another call before it exits."""
+
+
+class _Worker:
+    """A thread running one call at a time, then offering itself to the runner again."""
+
+    def __init__(self, runner: BlockingRunner):
+        self.runner = runner
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name=f"stackwatch-{runner.name}", daemon=True).start()
+
+    def _loop(self) -> None:
+        runner = self.runner
+        while True:
+            try:
+                job = self.jobs.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with runner._lock:
+                    if self in runner._idle:
+                        runner._idle.remove(self)
+                        return
+                continue  # taken from the idle list meanwhile: its call is on its way
+            job()
+            job = None  # nothing of the call outlives it
+            with runner._lock:
+                runner._idle.append(self)
+
+
 class BlockingRunner:
     def __init__(self, name: str, max_abandoned: int = 64):
         self.name = name
@@ -33,6 +64,7 @@ class BlockingRunner:
         """Abandoned calls whose thread is still running."""
         self.abandoned_total = 0
         self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
 
     async def run(self, fn: Callable[[], T], deadline: float) -> T:
         """``fn()`` in a new thread; its result, or ProbeFailure(timeout) at ``deadline``
@@ -72,7 +104,9 @@ class BlockingRunner:
             finally:
                 value = None  # an exception here would hold this frame through its traceback: a cycle
 
-        threading.Thread(target=work, name=f"stackwatch-{self.name}", daemon=True).start()
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        (worker or _Worker(self)).jobs.put(work)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
@@ -302,9 +304,8 @@ def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems:
     started = time.perf_counter()
     rows_out: list[tuple[Family, dict[str, str], float]] = []
     try:
-        with conn.begin_nested() if conn.in_transaction() else conn.begin():
-            sqldb.set_statement_timeout(conn, dialect, budget, is_mariadb)
-            result = conn.execute(text(q.sql))
+        with _own_timeout(conn, dialect, is_mariadb, budget if q.timeout else None, t.deadline):
+            result = conn.execute(text(sqldb.within(q.sql, budget, is_mariadb)))
             columns = list(result.keys())
             missing = [c for c in (*q.labels, *q.values) if c not in columns]
             if missing:
@@ -343,50 +344,57 @@ def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems:
     out += [(QUERY_OK, {"query": q.name}, 1), (QUERY_TIME, {"query": q.name}, took), (QUERY_CACHED, {"query": q.name}, 0)]
 
 
+@contextmanager
+def _own_timeout(conn: Connection, dialect: str, is_mariadb: bool, seconds: float | None,
+                 session: float) -> Iterator[None]:
+    """A query with a timeout of its own runs under it (the session setting, put back to the
+    target's timeout after); other queries run under the session's, set at connect."""
+    if seconds is None or dialect not in ("postgresql", "mysql") or is_mariadb:  # MariaDB: sqldb.within
+        yield
+        return
+    sqldb.set_statement_timeout(conn, dialect, seconds, is_mariadb)
+    try:
+        yield
+    finally:
+        sqldb.set_statement_timeout(conn, dialect, session, is_mariadb)
+
+
 def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the SQL thread pool: appends samples to ``out``, returns (failure reason or None, message)."""
     parsed = t._parsed
     h = state.engines.handle_for(t.name, (t.url, t.password, t.timeout), parsed, t.deadline)
     with sqldb.exclusive(h, deadline, "probe of this database") as holder:
-        started = time.perf_counter()
+        # Autocommit, the statement timeout set when the connection was made: a probe sends
+        # SELECT 1 and its own statements, nothing around them (sqldb._make_engine).
         try:
-            conn = h.engine.connect()
+            conn, connect_time, ping = sqldb.connect_and_ping(h, deadline)
         except Exception as exc:
             out.append((UP, {}, 0))
-            reason, message = sqldb.classify(exc)
+            reason, message = sqldb.classify(exc, timed_out=time.monotonic() >= deadline - 0.06)
             log.append(f"connect failed: {reason.value}: {message}")
             return reason, message
         holder.append(conn)
         with conn:
-            connect_time = time.perf_counter() - started
-            log.append(f"connected to {parsed.shown} in {connect_time * 1000:.1f}ms")
+            log.append(f"connected to {parsed.shown} in {connect_time * 1000:.1f}ms, SELECT 1 in {ping * 1000:.1f}ms")
             dialect = parsed.dialect
             is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+            out += [(UP, {}, 1), (CONNECT, {}, connect_time), (PING, {}, ping)]
+            version = ".".join(str(p) for p in (conn.dialect.server_version_info or ())) or "unknown"
+            name = "mariadb" if is_mariadb else dialect
+            out.append((INFO, {"dialect": name, "driver": parsed.driver, "version": version}, 1))
+            problems: list[str] = []
+            reason: Reason | None = None
             try:
-                with conn.begin():
-                    sqldb.set_statement_timeout(conn, dialect, max(0.05, deadline - time.monotonic()), is_mariadb)
-                    t0 = time.perf_counter()
-                    conn.exec_driver_sql("SELECT 1").scalar()
-                    ping = time.perf_counter() - t0
-                out += [(UP, {}, 1), (CONNECT, {}, connect_time), (PING, {}, ping)]
-                version = ".".join(str(p) for p in (conn.dialect.server_version_info or ())) or "unknown"
-                name = "mariadb" if is_mariadb else dialect
-                out.append((INFO, {"dialect": name, "driver": parsed.driver, "version": version}, 1))
-                problems: list[str] = []
-                reason: Reason | None = None
                 if t.saturation:
-                    with conn.begin():
-                        _saturation(conn, dialect, out)
+                    _saturation(conn, dialect, out)
                 if t.schema_expectations and t.schema_expectations.tables:
-                    with conn.begin():
-                        _check_schema(conn, t, out, problems)
+                    _check_schema(conn, t, out, problems)
                     if problems:
                         reason = Reason.SCHEMA
                 if t.migrations:
                     before = len(problems)
-                    with conn.begin():
-                        _check_migrations(conn, t, out, problems)
+                    _check_migrations(conn, t, out, problems)
                     if len(problems) > before and reason is None:
                         reason = Reason.MIGRATION
                 before = len(problems)
@@ -398,10 +406,7 @@ def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
                 raise
             except Exception as exc:
                 timed_out = time.monotonic() >= deadline - 0.06
-                reason, message = sqldb.classify(exc, timed_out)
-                if not any(f is UP for f, _, _ in out):
-                    out.append((UP, {}, 0))
-                return reason, message
+                return sqldb.classify(exc, timed_out)
             for p in problems:
                 log.append(p)
             return reason, "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")

@@ -19,11 +19,12 @@ previous one still running fails at once instead of queueing behind it.
 from __future__ import annotations
 
 import functools
+import heapq
 import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -134,12 +135,22 @@ class Handle:
 
 
 def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
-    from sqlalchemy import create_engine
+    """An engine for one target: one pooled connection in autocommit mode, its server-side
+    statement timeout set once when it connects.
+
+    What a probe sends is what it needs: no BEGIN/COMMIT around read-only statements
+    (autocommit), no session settings per probe (set at connect: for PostgreSQL in the startup
+    packet, for MariaDB/MySQL one SET), no pool pre-ping on top of the probe's own SELECT 1 (a
+    connection found dead by it is replaced and the ping retried once, see :func:`ping`), no
+    ROLLBACK when the connection goes back to the pool (there is no transaction to end)."""
+    from sqlalchemy import create_engine, event
+    ms = max(1, int(timeout * 1000))
     connect_args: dict[str, Any] = {}
     if parsed.dialect == "postgresql":
         # libpq: whole-handshake timeout in whole seconds, minimum 2 (its default is infinite).
         connect_args["connect_timeout"] = max(2, math.ceil(timeout))
         connect_args["application_name"] = "stackwatch"
+        connect_args["options"] = f"-c statement_timeout={ms}"
     elif parsed.dialect == "mysql":
         # connect_timeout bounds only the TCP connect; read_timeout bounds the handshake and queries.
         seconds = max(1, math.ceil(timeout))
@@ -147,8 +158,41 @@ def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
     elif parsed.dialect == "sqlite":
         connect_args["timeout"] = timeout  # busy-lock wait
         connect_args["check_same_thread"] = False
-    return create_engine(parsed.url, pool_pre_ping=True, pool_size=1, max_overflow=1, pool_timeout=timeout,
-                         pool_recycle=1800, connect_args=connect_args)
+    engine = create_engine(parsed.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_reset_on_return=None,
+                           pool_size=1, max_overflow=1, pool_timeout=timeout, pool_recycle=1800,
+                           connect_args=connect_args)
+    if parsed.dialect == "mysql":
+        @event.listens_for(engine, "connect")
+        def _session_timeout(dbapi_connection: Any, _record: Any) -> None:
+            info = getattr(dbapi_connection, "get_server_info", lambda: "")() or ""
+            with dbapi_connection.cursor() as cur:
+                if "mariadb" in str(info).lower():
+                    cur.execute(f"SET SESSION max_statement_time = {ms / 1000:.3f}")
+                else:
+                    cur.execute(f"SET SESSION max_execution_time = {ms}")
+    return engine
+
+
+def connect_and_ping(handle: Handle, deadline: float) -> tuple[Connection, float, float]:
+    """A connection from the target's pool and its SELECT 1: (connection, seconds to get it,
+    seconds of the ping).  A pooled connection the server dropped meanwhile (a restart, an idle
+    timeout) fails its ping as a disconnect: it is replaced and the ping retried once, as the
+    pool's pre-ping would, but without a second statement on every probe."""
+    from sqlalchemy import exc
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        conn = handle.engine.connect()
+        connected = time.perf_counter() - started
+        try:
+            t0 = time.perf_counter()
+            conn.exec_driver_sql("SELECT 1").scalar()
+            return conn, connected, time.perf_counter() - t0
+        except exc.DBAPIError as e:
+            conn.close()
+            if attempt == 2 or not e.connection_invalidated or time.monotonic() >= deadline - 0.1:
+                raise
+            release_exception(e)
+    raise AssertionError("unreachable")
 
 
 class Engines:
@@ -184,13 +228,63 @@ class Engines:
 # ------------------------------------------------------------------ deadlines
 
 
+class _Watchdog:
+    """One thread for every probe's deadline: a heap of (deadline, token) and the callbacks by
+    token; the callback of a deadline that passes runs in this thread unless cancelled first
+    (cancelling drops it at once: nothing of a finished probe stays referenced).  A timer
+    thread per probe cost a thread start and exit on every SQL probe."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._cond = threading.Condition()
+        self._n = 0
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, deadline: float, fn: Callable[[], None]) -> int:
+        with self._cond:
+            self._n += 1
+            heapq.heappush(self._heap, (deadline, self._n))
+            self._callbacks[self._n] = fn
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="stackwatch-sql-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._n
+
+    def cancel(self, token: int) -> None:
+        with self._cond:
+            self._callbacks.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    while self._heap and self._heap[0][1] not in self._callbacks:
+                        heapq.heappop(self._heap)  # cancelled
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        fn = self._callbacks.pop(heapq.heappop(self._heap)[1])
+                        break
+                    self._cond.wait(wait)
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 -- a failed cancel leaves the deadline to the runner
+                pass
+            fn = None  # type: ignore[assignment]
+
+
+WATCHDOG = _Watchdog()
+
+
 @contextmanager
 def watchdog(conn_holder: list[Connection], deadline: float) -> Iterator[None]:
     """Interrupt the connection's running statement at ``deadline`` (time.monotonic())."""
-    fired = threading.Event()
 
     def fire() -> None:
-        fired.set()
         if not conn_holder:
             return
         try:
@@ -206,13 +300,11 @@ def watchdog(conn_holder: list[Connection], deadline: float) -> Iterator[None]:
                     pass
                 return
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), fire)
-    timer.daemon = True
-    timer.start()
+    token = WATCHDOG.schedule(deadline, fire)
     try:
         yield
     finally:
-        timer.cancel()
+        WATCHDOG.cancel(token)
 
 
 @contextmanager
@@ -230,7 +322,8 @@ def exclusive(handle: Handle, deadline: float, what: str) -> Iterator[list[Conne
 
 
 def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mariadb: bool) -> None:
-    """Server-side cancellation of anything this session runs past ``seconds``."""
+    """Server-side cancellation of anything this session runs past ``seconds`` (a query with a
+    timeout of its own; the session's default is set at connect)."""
     ms = max(1, int(seconds * 1000))
     if dialect == "postgresql":
         conn.exec_driver_sql(f"SET statement_timeout = {ms}")
@@ -239,6 +332,15 @@ def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mar
             conn.exec_driver_sql(f"SET SESSION max_statement_time = {ms / 1000:.3f}")
         else:
             conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
+
+
+def within(sql: str, seconds: float, is_mariadb: bool) -> str:
+    """The statement with MariaDB's per-statement time limit in front of it (one round trip, the
+    server stops it at the probe's remaining budget: pymysql cannot cancel a running statement).
+    PostgreSQL statements are cancelled by the watchdog; other dialects run it as written."""
+    if not is_mariadb:
+        return sql
+    return f"SET STATEMENT max_statement_time = {max(0.001, seconds):.3f} FOR {sql}"
 
 
 # ------------------------------------------------------------------ errors
@@ -298,23 +400,30 @@ def fail(error: BaseException, timed_out: bool = False) -> ProbeFailure:
 
 def query_one_row(handle: Handle, sql: str, deadline: float) -> dict[str, Any]:
     """Run ``sql`` on a target's engine within ``deadline`` (time.monotonic()); return its first
-    row as a column -> value mapping.  Raises ProbeFailure with a classified reason."""
-    from sqlalchemy import text
+    row as a column -> value mapping.  Raises ProbeFailure with a classified reason.  One
+    statement (autocommit; the session's statement timeout was set at connect); a pooled
+    connection the server dropped is replaced and the query run again once."""
+    from sqlalchemy import exc, text
     with exclusive(handle, deadline, "query on this database") as holder:
-        try:
-            conn = handle.engine.connect()
-        except Exception as e:
-            raise fail(e) from None
-        holder.append(conn)
-        with conn:
+        for attempt in (1, 2):
             try:
-                with conn.begin():
-                    is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-                    set_statement_timeout(conn, handle.parsed.dialect, max(0.05, deadline - time.monotonic()),
-                                          is_mariadb)
-                    row = conn.execute(text(sql)).mappings().first()
+                conn = handle.engine.connect()
             except Exception as e:
-                raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
-            if row is None:
-                raise ProbeFailure(Reason.QUERY_ERROR, "the query returned no row")
-            return dict(row)
+                raise fail(e) from None
+            holder[:] = [conn]
+            with conn:
+                try:
+                    is_mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+                    budget = deadline - 0.05 - time.monotonic()
+                    row = conn.execute(text(within(sql, budget, is_mariadb))).mappings().first()
+                except exc.DBAPIError as e:
+                    if attempt == 1 and e.connection_invalidated and time.monotonic() < deadline - 0.1:
+                        release_exception(e)
+                        continue
+                    raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
+                except Exception as e:
+                    raise fail(e, timed_out=time.monotonic() >= deadline - 0.06) from None
+                if row is None:
+                    raise ProbeFailure(Reason.QUERY_ERROR, "the query returned no row")
+                return dict(row)
+        raise AssertionError("unreachable")
