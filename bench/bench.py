@@ -116,7 +116,8 @@ def get(url: str, timeout: float = 120, gz: bool = False, timing: list[float] | 
 
 
 WANTED = ("stackwatch_probes_total", "stackwatch_scheduler_lag_seconds_bucket",
-          "stackwatch_probe_last_run_timestamp_seconds", "stackwatch_probe_last_duration_seconds")
+          "stackwatch_probe_last_run_timestamp_seconds", "stackwatch_probe_last_duration_seconds",
+          "stackwatch_event_loop_info")
 
 
 def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
