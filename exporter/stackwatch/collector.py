@@ -364,8 +364,9 @@ class _LiveCollector:
         if pauses is not None:
             yield pauses.family()
             yield GaugeMetricFamily("stackwatch_gc_frozen_objects",
-                                    "Objects in the garbage collector's permanent generation (long-lived, never "
-                                    "scanned; a full sweep runs when they grow).", value=gc.get_freeze_count())
+                                    "Objects moved to the garbage collector's permanent generation (long-lived, "
+                                    "never scanned; a full sweep runs when they grow), counted as they are frozen.",
+                                    value=getattr(ex, "gc_baseline", 0) + getattr(ex, "gc_grown", 0))
             yield CounterMetricFamily("stackwatch_gc_sweeps",
                                       "Full garbage-collector sweeps over the frozen objects too.",
                                       value=getattr(ex, "gc_sweeps", 0))

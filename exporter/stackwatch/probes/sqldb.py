@@ -158,9 +158,9 @@ def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
     elif parsed.dialect == "sqlite":
         connect_args["timeout"] = timeout  # busy-lock wait
         connect_args["check_same_thread"] = False
-    engine = create_engine(parsed.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False, pool_reset_on_return=None,
-                           pool_size=1, max_overflow=1, pool_timeout=timeout, pool_recycle=1800,
-                           connect_args=connect_args)
+    engine = create_engine(parsed.url, isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True,
+                           pool_pre_ping=False, pool_reset_on_return=None, pool_size=1, max_overflow=1,
+                           pool_timeout=timeout, pool_recycle=1800, connect_args=connect_args)
     if parsed.dialect == "mysql":
         @event.listens_for(engine, "connect")
         def _session_timeout(dbapi_connection: Any, _record: Any) -> None:
