@@ -227,8 +227,11 @@ def test_promtool_check_metrics_passes_on_real_output(stack):
         assert series in body, series
     # promtool only parses the text format; Prometheus itself asks for OpenMetrics first,
     # so a clean scrape proves the OpenMetrics output parses too.
-    targets = prom.api("targets")["activeTargets"]
-    assert [(t["health"], t["lastError"]) for t in targets] == [("up", "")]
+    def scraped() -> list | None:  # (the first scrape may not have happened yet)
+        found = [(t["health"], t["lastError"]) for t in prom.api("targets")["activeTargets"]]
+        return found if found and found[0][0] != "unknown" else None
+
+    assert wait_until(scraped, 30, "a scrape of stackwatch") == [("up", "")]
 
 
 def test_metrics_content_negotiation_and_gzip(stack):

@@ -33,22 +33,38 @@ QUANTILES = (0.5, 0.95, 0.99)
 
 
 class Ring:
-    """``slots`` buckets of ``width`` seconds; old buckets are reused as time moves on."""
+    """``slots`` buckets of ``width`` seconds; old buckets are reused as time moves on.
 
-    __slots__ = ("width", "ids", "total", "ok", "_max")
+    Bucket number b (since the epoch) lives in slot b % slots while it is one of the last
+    ``slots`` buckets up to the newest one written (``last``); moving on clears the slots in
+    between.  One integer per ring instead of a bucket number per slot (744 bytes less per
+    target with both rings)."""
+
+    __slots__ = ("width", "last", "total", "ok", "_max")
 
     def __init__(self, slots: int, width: float, count_type: str = "I"):
         self.width = width
-        self.ids = array("i", [-1]) * slots  # bucket numbers since the epoch: 2^31 quarter-hours is 61,000 years
+        self.last = -1
+        """The newest bucket written (-1: none yet)."""
         self.total = array(count_type, [0]) * slots
         self.ok = array(count_type, [0]) * slots
         self._max = 2 ** (8 * self.total.itemsize) - 1
 
+    def _held(self, bucket: int) -> bool:
+        return self.last >= 0 and self.last - len(self.total) < bucket <= self.last
+
     def add(self, at: float, success: bool) -> None:
         bucket = int(at // self.width)
-        i = bucket % len(self.ids)
-        if self.ids[i] != bucket:
-            self.ids[i], self.total[i], self.ok[i] = bucket, 0, 0
+        n = len(self.total)
+        if self.last < 0:
+            self.last = bucket
+        elif bucket > self.last:
+            for b in range(self.last + 1, self.last + 1 + min(bucket - self.last, n)):
+                self.total[b % n] = self.ok[b % n] = 0
+            self.last = bucket
+        elif bucket <= self.last - n:
+            return  # older than the ring
+        i = bucket % n
         if self.total[i] == self._max:  # a probe every 14 ms or faster: keep the ratio, stop counting
             return
         self.total[i] += 1
@@ -58,23 +74,28 @@ class Ring:
     def series(self, now: float) -> list[Bucket]:
         """The last ``slots`` buckets, oldest first; ``ratio`` is None where nothing was probed."""
         last = int(now // self.width)
+        n = len(self.total)
         out = []
-        for bucket in range(last - len(self.ids) + 1, last + 1):
-            i = bucket % len(self.ids)
-            held = self.ids[i] == bucket
-            total = self.total[i] if held else 0
-            ok = self.ok[i] if held else 0
+        for bucket in range(last - n + 1, last + 1):
+            held = self._held(bucket)
+            total = self.total[bucket % n] if held else 0
+            ok = self.ok[bucket % n] if held else 0
             out.append(Bucket(bucket * self.width, (bucket + 1) * self.width, ok / total if total else None, total))
         return out
 
-
     def dump(self) -> bytes:
-        return self.ids.tobytes() + self.total.tobytes() + self.ok.tobytes()
+        """Bucket number per slot (-1 for none), then the totals, then the successes."""
+        n = len(self.total)
+        ids = array("i", [-1]) * n
+        if self.last >= 0:
+            for b in range(self.last - n + 1, self.last + 1):
+                ids[b % n] = b
+        return ids.tobytes() + self.total.tobytes() + self.ok.tobytes()
 
     def restore(self, data: bytes) -> bool:
         """Fill from :meth:`dump`'s bytes; False (and unchanged) if they do not fit this ring."""
-        n = len(self.ids)
-        sizes = (n * self.ids.itemsize, n * self.total.itemsize, n * self.ok.itemsize)
+        n = len(self.total)
+        sizes = (n * 4, n * self.total.itemsize, n * self.ok.itemsize)
         if len(data) != sum(sizes):
             return False
         ids, total, ok = array("i"), array(self.total.typecode), array(self.ok.typecode)
@@ -83,19 +104,25 @@ class Ring:
         ok.frombytes(data[sizes[0] + sizes[1]:])
         if any(o > t for o, t in zip(ok, total)):
             return False
-        self.ids, self.total, self.ok = ids, total, ok
+        last = max(ids)
+        for i, b in enumerate(ids):  # a slot whose bucket is not the one the window puts there is empty
+            if b < 0 or b % n != i or not last - n < b <= last:
+                total[i] = ok[i] = 0
+        self.last, self.total, self.ok = last, total, ok
         return True
 
     def uptime(self, now: float) -> float | None:
         """Probe-weighted share of successes over the last ``slots`` buckets (as
         ``uptime(self.series(now))``, without building the buckets)."""
-        last = int(now // self.width)
-        first = last - len(self.ids) + 1
+        if self.last < 0:
+            return None
+        n = len(self.total)
+        current = int(now // self.width)
         total = ok = 0
-        for i, bucket in enumerate(self.ids):
-            if first <= bucket <= last:
-                total += self.total[i]
-                ok += self.ok[i]
+        for b in range(max(current, self.last) - n + 1, min(current, self.last) + 1):
+            if self._held(b):
+                total += self.total[b % n]
+                ok += self.ok[b % n]
         return ok / total if total else None
 
 

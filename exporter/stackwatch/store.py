@@ -68,7 +68,8 @@ class TargetState:
     failures: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
     # array, not list: an array of ints is not tracked by the cyclic GC
-    buckets: array[int] = field(default_factory=lambda: array("q", bytes(8 * (len(LATENCY_BUCKETS) + 1))))
+    buckets: array[int] = field(default_factory=lambda: array("I", bytes(4 * (len(LATENCY_BUCKETS) + 1))))
+    """Probes per latency bucket (32 bits: 136 years of a probe a second)."""
     duration_sum: float = 0.0
     blob: bytes = b""
     """Rendered exposition lines, family after family, written by the collector."""

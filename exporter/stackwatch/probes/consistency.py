@@ -10,7 +10,7 @@ the engines and deadlines of kind: sql) or a local JSON/YAML file (a shipped fal
 sources are read concurrently in one probe; a failed source does not fail the others.  Each
 source's values are checked against invariants (``active <= total``), each field's spread
 across sources against a tolerance, and each value's last change is remembered so a source
-frozen on a hard-coded fallback shows up (THRESHOLDS.md M1-M6).
+frozen on a hard-coded fallback shows up (docs/THRESHOLDS.md, the model-count rows).
 """
 
 from __future__ import annotations
