@@ -77,6 +77,27 @@ def stop_all_processes():
     assert not left, f"processes started by the tests outlived them: {left}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # noqa: ANN001
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture
+def procs(request):
+    """The processes a test starts (append each as it starts): all stopped at the end, newest
+    first, even when a later start failed; their logs' tails printed when the test failed."""
+    started: list = []
+    yield started
+    call = getattr(request.node, "report_call", None)
+    if call is None or call.failed:
+        for p in started:
+            print(f"--- {p.log_path.name}\n{p.log()[-2000:]}")
+    for p in reversed(started):
+        p.stop()
+
+
 @pytest.fixture(autouse=True)
 async def close_probe_state():
     """Each test's kinds and their state (clients, engines, pools) end with the test, as they

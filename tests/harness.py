@@ -184,5 +184,17 @@ class Prometheus(Process):
         return float(result[0]["value"][1]) if result else None
 
 
+def backfilled_tsdb(tmp: Path, lines: list[str]) -> Path:
+    """A Prometheus data directory holding the OpenMetrics ``lines`` (samples with timestamps),
+    written by promtool: history for a Prometheus started with ``data_dir``, without waiting."""
+    source = tmp / "backfill.om"
+    source.write_text("\n".join(lines) + "\n# EOF\n")
+    data = tmp / "backfill-tsdb"
+    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(source),
+                           str(data)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    return data
+
+
 def stackwatch_scrape(sw: Stackwatch, job: str = "stackwatch") -> dict[str, Any]:
     return {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{sw.port}"]}]}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
-from harness import Prometheus, Stackwatch, stackwatch_scrape
+from harness import Prometheus, Stackwatch, backfilled_tsdb, stackwatch_scrape
 from receivers import Receivers
 from stackwatch import bundle
 from stackwatch.report import telegram_chunks
@@ -165,8 +165,6 @@ def test_durations_and_budgets_read_as_people_write_them():
 def test_incidents_at_scrape_resolution_from_backfilled_history(tmp_path):
     """Six hours of history written into Prometheus's TSDB with promtool (15 s scrapes): a 30 s
     outage and a 2-hour one are each found, starting and ending within one scrape interval."""
-    from harness import require_binary
-
     now = int(time.time()) // 15 * 15
     end = now - 300  # the last sample five minutes ago
     start = end - 6 * 3600
@@ -177,12 +175,7 @@ def test_incidents_at_scrape_resolution_from_backfilled_history(tmp_path):
         for target, is_down in down.items():
             lines.append(f'stackwatch_probe_success{{job="stackwatch",instance="sw:9938",target="{target}",'
                          f'kind="http"}} {0 if is_down else 1} {ts}')
-    (tmp_path / "history.om").write_text("\n".join(lines) + "\n# EOF\n")
-    data = tmp_path / "tsdb"
-    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
-                           str(tmp_path / "history.om"), str(data)], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    prom = Prometheus(tmp_path, [], data_dir=data)
+    prom = Prometheus(tmp_path, [], data_dir=backfilled_tsdb(tmp_path, lines))
     try:
         proc = subprocess.run([sys.executable, "-m", "stackwatch", "report", "--prometheus", prom.base, "--since",
                                "7h"], capture_output=True, text=True, timeout=120)
@@ -203,7 +196,6 @@ def test_a_flapping_target_is_degraded_by_the_status_pages_definition(tmp_path):
     """Backfilled history (promtool): "flap" fails one probe in four and "rare" one in forty, and
     both passed their last probe.  The report calls "flap" degraded with its failure ratio, as the
     status page and the API do (more than 5 % of the last 5 minutes' probes), and "rare" up."""
-    from harness import require_binary
     from stackwatch.report import Prom, build, markdown
 
     end = int(time.time()) // 15 * 15 - 60
@@ -227,12 +219,7 @@ def test_a_flapping_target_is_degraded_by_the_status_pages_definition(tmp_path):
                 else:
                     lines.append(f'{metric}_total{{{base},result="success"}} {ok} {ts}')
                     lines.append(f'{metric}_total{{{base},result="failure"}} {failed} {ts}')
-    (tmp_path / "history.om").write_text("\n".join(lines) + "\n# EOF\n")
-    data = tmp_path / "tsdb"
-    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
-                           str(tmp_path / "history.om"), str(data)], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    prom = Prometheus(tmp_path, [], data_dir=data)
+    prom = Prometheus(tmp_path, [], data_dir=backfilled_tsdb(tmp_path, lines))
     try:
         r = build(Prom(prom.base), 3600, now=end)
     finally:

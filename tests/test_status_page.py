@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
-from harness import Prometheus, Stackwatch, http_get, stackwatch_scrape, wait_until
+from harness import Prometheus, Stackwatch, backfilled_tsdb, http_get, stackwatch_scrape, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "c" * 64
@@ -180,19 +180,12 @@ def test_p95_over_an_hour_from_prometheus_on_a_targets_page(servers, algod, tmp_
     """An hour of stackwatch_probe_recent_duration_seconds written into Prometheus's TSDB with
     promtool (15 s apart, rising from 100 ms to 2.5 s): the target's page draws it with time
     axes and the 2 s goal line when asked for ?latency=1h."""
-    from harness import require_binary
-
     now = int(time.time()) // 15 * 15
     lines = ["# HELP stackwatch_probe_recent_duration_seconds x", "# TYPE stackwatch_probe_recent_duration_seconds gauge"]
     for k, ts in enumerate(range(now - 3600, now - 14, 15)):
         lines.append(f'stackwatch_probe_recent_duration_seconds{{job="stackwatch",instance="sw:9938",target="web",'
                      f'kind="http",quantile="0.95"}} {0.1 + 2.4 * k / 240:.3f} {ts}')
-    (tmp_path / "latency.om").write_text("\n".join(lines) + "\n# EOF\n")
-    data = tmp_path / "tsdb"
-    made = subprocess.run([require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics",
-                           str(tmp_path / "latency.om"), str(data)], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    prom = Prometheus(tmp_path, [], data_dir=data)
+    prom = Prometheus(tmp_path, [], data_dir=backfilled_tsdb(tmp_path, lines))
     sw = None
     try:
         sw = Stackwatch(config(tmp_path, servers, algod), tmp_path, env={"STATUS_ALGOD_TOKEN": TOKEN},
