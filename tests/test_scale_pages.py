@@ -28,7 +28,7 @@ def get(url: str) -> tuple[int, dict[str, str], float]:
 
 def test_callers_of_pages_and_api_cannot_stall_the_exporter(servers, tmp_path):
     cfg = tmp_path / "many.yml"
-    cfg.write_text("defaults: {interval: 20s, timeout: 2s}\ntargets:\n" + "".join(
+    cfg.write_text("defaults: {interval: 10s, timeout: 2s}\ntargets:\n" + "".join(
         f"  - {{name: t{i}, kind: http, url: 'http://127.0.0.1:{servers.closed_port}/{i}'}}\n" for i in range(TARGETS))
         + f"  - {{name: web, kind: http, url: '{servers.url('/health')}', interval: 1s}}\n")
     sw = Stackwatch(cfg, tmp_path)
@@ -57,7 +57,7 @@ def test_callers_of_pages_and_api_cannot_stall_the_exporter(servers, tmp_path):
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(40)] + [threading.Thread(target=watch)]
         for t in threads:
             t.start()
-        time.sleep(10)
+        time.sleep(7)
         scrape_status, _, scrape_took = get(sw.base + "/metrics")
         stop.set()
         for t in threads:
@@ -72,7 +72,7 @@ def test_callers_of_pages_and_api_cannot_stall_the_exporter(servers, tmp_path):
         assert scrape_status == 200 and scrape_took < 10
         web_after = sum(float(line.rsplit(" ", 1)[1]) for line in sw.metrics().splitlines()
                         if line.startswith('stackwatch_probes_total{target="web"'))
-        assert web_after >= web_before + 7  # probed every second throughout
+        assert web_after >= web_before + 5  # probed every second throughout
         assert "Traceback" not in sw.log()
     finally:
         stop.set()
