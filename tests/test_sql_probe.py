@@ -458,32 +458,49 @@ async def test_table_lock_ends_at_the_deadline(pg_admin, pg_schema):
 
 
 @pytest.mark.parametrize("url", [PG, MARIA], ids=["postgresql", "mariadb"])
-async def test_a_probe_sends_its_ping_and_its_queries_and_nothing_else(url):
-    """Statements a steady-state probe sends (counted by SQLAlchemy's cursor events, i.e. every
-    statement that reaches the driver): SELECT 1 and the three queries.  No BEGIN/COMMIT around
-    them, no session settings per probe (set once per connection), no pool pre-ping, no ROLLBACK
-    when the connection goes back to the pool.  (Driver-level BEGIN/ROLLBACK are not statements
-    here; autocommit sends none: the server-side counts are in bench/RESULTS.md.)"""
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+async def test_a_probe_sends_its_ping_and_its_queries_and_nothing_else(url, monkeypatch):
+    """Statements a steady-state probe sends, counted where they reach the driver (its cursor's
+    execute, whoever calls it): SELECT 1 and the three queries.  No BEGIN/COMMIT around them,
+    no session settings per probe (set once per connection), no pool pre-ping, no ROLLBACK when
+    the connection goes back to the pool.  (MariaDB's own count, per target-run against the Go
+    peer's, is in bench/RESULTS.md.)"""
+    import psycopg
+    import pymysql.cursors
 
     sent: list[str] = []
+    for cls in (psycopg.Cursor, pymysql.cursors.Cursor):
+        original = cls.execute
 
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
-        sent.append(statement)
+        def counted(self, query, *args, _original=original, **kwargs):  # noqa: ANN001
+            sent.append(query if isinstance(query, str) else str(query))
+            return _original(self, query, *args, **kwargs)
 
+        monkeypatch.setattr(cls, "execute", counted)
     t = sql_target(f"    url: {url}\n    saturation: false\n    queries:\n"
                    "      - {name: a, sql: 'SELECT 1 AS v', values: [v]}\n"
                    "      - {name: b, sql: 'SELECT 2 AS v', values: [v]}\n"
                    "      - {name: c, sql: 'SELECT 3 AS v', values: [v]}\n")
-    event.listen(Engine, "before_cursor_execute", count)
-    try:
-        first = await run_probe(t)  # connects: the session's statement timeout is set here
-        assert first.success, first.message
-        sent.clear()
-        second = await run_probe(t)
-    finally:
-        event.remove(Engine, "before_cursor_execute", count)
+    def questions() -> int:  # MariaDB's own count of the statements clients sent (ROLLBACK included)
+        import pymysql
+
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test")
+        try:
+            with admin.cursor() as c:
+                c.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
+                return int(c.fetchone()[1])
+        finally:
+            admin.close()
+
+    first = await run_probe(t)  # connects: the session's statement timeout is set here
+    assert first.success, first.message
+    sent.clear()
+    if url == MARIA:
+        idle = -questions() + questions()  # what reading the count costs by itself
+    before = questions() if url == MARIA else 0
+    second = await run_probe(t)
+    server_side = questions() - before - idle if url == MARIA else None
     assert second.success, second.message
-    bare = [s.split(" FOR ", 1)[-1] for s in sent]  # MariaDB: each query carries its own time limit
+    bare = [s.split(" FOR ", 1)[-1] for s in sent if not s.startswith("SHOW GLOBAL STATUS")]
     assert bare == ["SELECT 1", "SELECT 1 AS v", "SELECT 2 AS v", "SELECT 3 AS v"], sent
+    if server_side is not None:  # the same four by MariaDB's count (a ROLLBACK would be a fifth)
+        assert server_side == 4, server_side

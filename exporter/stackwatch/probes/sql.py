@@ -305,15 +305,15 @@ def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems:
     rows_out: list[tuple[Family, dict[str, str], float]] = []
     try:
         with _own_timeout(conn, dialect, is_mariadb, budget if q.timeout else None, t.deadline):
-            result = conn.execute(text(sqldb.within(q.sql, budget, is_mariadb)))
-            columns = list(result.keys())
+            columns, rows = sqldb.fetch_all(conn, sqldb.within(q.sql, budget, is_mariadb))
             missing = [c for c in (*q.labels, *q.values) if c not in columns]
             if missing:
                 raise ValueError(f"the result has no column {missing[0]} (columns: {', '.join(columns)})")
-            for row in result.mappings():
-                labels = {lab: sanitize_label_value("" if row[lab] is None else str(row[lab])) for lab in q.labels}
+            at = {c: i for i, c in enumerate(columns)}
+            for row in rows:
+                labels = {lab: sanitize_label_value("" if row[at[lab]] is None else str(row[at[lab]])) for lab in q.labels}
                 for col in q.values:
-                    value = row[col]
+                    value = row[at[col]]
                     if value is None:
                         continue
                     try:

@@ -334,6 +334,21 @@ def set_statement_timeout(conn: Connection, dialect: str, seconds: float, is_mar
             conn.exec_driver_sql(f"SET SESSION max_execution_time = {ms}")
 
 
+def fetch_all(conn: Connection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A custom query's columns and rows, run as written on the connection's DB-API cursor (no
+    SQLAlchemy compilation or result wrapping: about half the CPU of a statement; measured in
+    bench/RESULTS.md).  Driver errors propagate as the driver raised them (classify() reads
+    both); a connection the server dropped is found and replaced by the next probe's ping."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = cursor.fetchall() if cursor.description else []
+    finally:
+        cursor.close()
+    return columns, list(rows)
+
+
 def within(sql: str, seconds: float, is_mariadb: bool) -> str:
     """The statement with MariaDB's per-statement time limit in front of it (one round trip, the
     server stops it at the probe's remaining budget: pymysql cannot cancel a running statement).
