@@ -77,9 +77,9 @@ class Exporter:
         self.gc_pauses = GCPauses()
         self._gc_task: asyncio.Task[None] | None = None
         self.gc_baseline = 0
+        """Objects frozen after the last full sweep (or load); growth past it triggers a sweep."""
         self.gc_grown = 0
         """Objects frozen since the last sweep (baseline + grown: what is frozen now)."""
-        """Objects frozen after the last full sweep (or load); growth past it triggers a sweep."""
         self.gc_sweeps = 0
         self._silence_task: asyncio.Task[None] | None = None
         self._history_task: asyncio.Task[None] | None = None

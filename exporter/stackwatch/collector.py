@@ -46,7 +46,7 @@ from stackwatch.exposition import (
     line,
     render_labels,
 )
-from stackwatch.history import QUANTILES, RECENT_WINDOW
+from stackwatch.history import QUANTILES
 from stackwatch.probes.base import FAMILIES, Family, ProbeResult
 from stackwatch.scheduler import LAG_BUCKETS
 from stackwatch.store import LATENCY_BUCKETS, Outcome, Store, TargetState
@@ -187,7 +187,7 @@ def _recent(state: TargetState) -> str | None:
     no bucket interpolation), or None before the first probe."""
     if state.history is None or state.result is None:
         return None
-    values = state.history.quantiles(state.result.finished_at, RECENT_WINDOW, QUANTILES)
+    values = state.history.recent_quantiles(state.result.finished_at)
     if values is None:
         return None
     labels = state.labels

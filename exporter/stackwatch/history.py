@@ -214,6 +214,10 @@ class History:
         # rank ceil(q * n), q * n rounded first: 0.95 * 20 is 19.000000000000004, not 19
         return [values[max(0, math.ceil(round(q * len(values), 9)) - 1)] for q in qs]
 
+    def recent_quantiles(self, now: float) -> list[float] | None:
+        """QUANTILES of the last RECENT_WINDOW: what the latency alerts read, the API shows."""
+        return self.quantiles(now, RECENT_WINDOW, QUANTILES)
+
     def latency(self) -> list[tuple[float, float]]:
         """(time, seconds) of the last probes, oldest first."""
         return [(at, seconds) for at, seconds, _ in self.probes()]

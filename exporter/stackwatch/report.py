@@ -157,8 +157,10 @@ def build(prom: Prom, since: float, figures: list[tuple[str, str]] | None = None
                 r.checks.setdefault(t, []).append(text)
     # A flapping target (its last probe passed, too many of the recent ones failed) is degraded:
     # the status page's and the API's definition (stackwatch.history.RECENT_FAILURES).
-    recent = f"sum by (target) (increase(stackwatch_probes_total[{format_duration(RECENT_WINDOW)}]))"
-    failed = recent.replace("stackwatch_probes_total[", 'stackwatch_probes_total{result="failure"}[')
+    def probes(selector: str = "") -> str:
+        return f"sum by (target) (increase(stackwatch_probes_total{selector}[{format_duration(RECENT_WINDOW)}]))"
+
+    recent, failed = probes(), probes('{result="failure"}')
     for s in prom.query(f"{failed} / {recent} > {RECENT_FAILURES} and on (target) {recent} >= {RECENT_MIN_PROBES}", now):
         t = s["metric"].get("target", "")
         if r.states.get(t) == "up":

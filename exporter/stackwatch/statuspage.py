@@ -365,7 +365,7 @@ def probes_json(state: TargetState) -> dict[str, Any]:
     latency quantiles of the last RECENT_WINDOW, as the latency alerts read them."""
     h, r = state.history, state.result
     points = h.probes() if h is not None else []
-    values = h.quantiles(r.finished_at, RECENT_WINDOW, QUANTILES) if h is not None and r is not None else None
+    values = h.recent_quantiles(r.finished_at) if h is not None and r is not None else None
     return {"target": state.target.name, "window_seconds": RECENT_WINDOW,
             "quantiles": {str(q): round(v, 6) for q, v in zip(QUANTILES, values)} if values else {},
             "probes": [{"time": round(at, 3), "duration_seconds": round(d, 6), "success": ok} for at, d, ok in points]}

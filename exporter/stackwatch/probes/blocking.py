@@ -6,7 +6,8 @@ to every such call, and a handful of dripping targets would stall every other ta
 
 :class:`BlockingRunner` runs each call in a thread of its own (an idle one from earlier calls when
 there is one: a thread is started only when every earlier one is busy, and exits after a minute
-without work) and waits for it until the deadline only.  A call still running then is *abandoned*: the probe fails with ``timeout`` at once, the
+without work) and waits for it until the deadline only.  A call still running then is
+*abandoned*: the probe fails with ``timeout`` at once, the
 thread finishes (or not) on its own and its result is dropped, and nothing waits for it, so the
 capacity left for other targets is unchanged.  Threads in flight are bounded by the scheduler's
 per-kind limit; abandoned ones by ``max_abandoned`` (past it, new calls fail fast instead of

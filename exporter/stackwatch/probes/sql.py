@@ -288,7 +288,6 @@ def _saturation(conn: Connection, dialect: str, out: list) -> None:
 
 def _run_query(conn: Connection, t: SQLTarget, q: SQLQuery, out: list, problems: list[str],
                dialect: str, is_mariadb: bool, deadline: float, state: SQLState) -> None:
-    from sqlalchemy import text
     key = (t.name, q.name)
     now = time.monotonic()
     if q.min_interval:

@@ -141,7 +141,8 @@ def _make_engine(parsed: ParsedURL, timeout: float) -> Engine:
     What a probe sends is what it needs: no BEGIN/COMMIT around read-only statements
     (autocommit), no session settings per probe (set at connect: for PostgreSQL in the startup
     packet, for MariaDB/MySQL one SET), no pool pre-ping on top of the probe's own SELECT 1 (a
-    connection found dead by it is replaced and the ping retried once, see :func:`ping`), no
+    connection found dead by it is replaced and the ping retried once, see
+    :func:`connect_and_ping`), no
     ROLLBACK when the connection goes back to the pool (there is no transaction to end)."""
     from sqlalchemy import create_engine, event
     ms = max(1, int(timeout * 1000))
