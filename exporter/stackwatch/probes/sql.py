@@ -172,7 +172,7 @@ CONNS = Family("stackwatch_sql_server_connections", "gauge", "Client connections
 MAX_CONNS = Family("stackwatch_sql_server_max_connections", "gauge",
                    "Connections ordinary users may open (PostgreSQL: max_connections minus reserved slots).")
 CONN_RATIO = Family("stackwatch_sql_server_connections_utilization_ratio", "gauge",
-                    "Server connections in use divided by the usable maximum (THRESHOLDS.md D2 at 0.8).")
+                    "Server connections in use divided by the usable maximum (the saturation alert fires at 0.8).")
 QUERY_OK = Family("stackwatch_sql_query_success", "gauge", "1 if the custom query ran and its rows could be read.", healthy=1, failing="query {query} failed")
 QUERY_TIME = Family("stackwatch_sql_query_duration_seconds", "gauge", "Duration of the custom query's last run.")
 QUERY_CACHED = Family("stackwatch_sql_query_cached", "gauge",
