@@ -33,7 +33,7 @@ from bench import TARGET_SERVER, free_port, rss_mb, write_config  # noqa: E402
 
 async def run(cfg: Path, args: argparse.Namespace) -> None:
     from stackwatch.app import Exporter
-    from stackwatch.collector import Format
+    from stackwatch.exposition import Format
     from stackwatch.kinds import load_config
     from stackwatch.scheduler import Scheduler
 

@@ -26,7 +26,7 @@ from fake_algod import (
 )
 from jsonschema import Draft4Validator
 from probing import run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
 

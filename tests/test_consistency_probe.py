@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from probing import run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
 from targets import AI_GO_CACHED

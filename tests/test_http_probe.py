@@ -7,7 +7,7 @@ import time
 
 import pytest
 from probing import close_clients, run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.kinds import parse_config
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from probing import close_clients, run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import redis
 from probing import run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.kinds import parse_config
 
 REDIS = "redis://127.0.0.1:6379/0"

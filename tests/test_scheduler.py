@@ -11,7 +11,8 @@ import time
 from typing import Literal
 
 import pytest
-from stackwatch.collector import Collector
+from stackwatch.series import Lines, base_labels
+from stackwatch.store import Store
 from stackwatch.config import TargetConfig
 from stackwatch.kinds import builtin_kinds
 from stackwatch.kinds import parse_config as parse_builtin
@@ -70,7 +71,7 @@ async def run_probe(target):
 
 
 def new_store():
-    return Collector().store
+    return Store(base_labels, Lines().render)
 
 
 def new_scheduler(on_result, settings):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from probing import run_probe
-from stackwatch.collector import render_result
+from stackwatch.series import render_result
 from stackwatch.kinds import parse_config
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stackwatch.collector import Collector, GCPauses, SelfMetrics
+from stackwatch.collector import Collector
 from stackwatch.config import Config, ConfigError, Problem
 from stackwatch.cooperative import Slicer
 from stackwatch.history import History
@@ -23,7 +23,10 @@ from stackwatch.probes.base import ProbeKind
 from stackwatch.push import Pusher
 from stackwatch.runner import Probers
 from stackwatch.scheduler import Scheduler
+from stackwatch.selfmetrics import GCPauses, SelfMetrics
+from stackwatch.series import Lines, base_labels
 from stackwatch.state import StateStore
+from stackwatch.store import Store
 from stackwatch.remote import RemoteError
 from stackwatch.statuspage import Remotes
 from stackwatch.webconfig import BasicAuthChecker, WebConfig, check_reload, load_web_config
@@ -71,8 +74,10 @@ class Exporter:
         heartbeats = self.probers.states.get("heartbeat")
         self.pusher = Pusher(self.state_store, getattr(heartbeats, "remember", None))
         self.pusher.set_checks(self._heartbeats(config))
-        self.collector = Collector()
-        self.store = self.collector.store
+        self.lines = Lines()
+        self.store = Store(base_labels, self.lines.render)
+        """Every target's latest outcome, counters and history; rendered into lines on change."""
+        self.collector = Collector(self.store, self.lines)
         self.scheduler: Scheduler | None = None
         self.gc_pauses = GCPauses()
         self._gc_task: asyncio.Task[None] | None = None

@@ -24,15 +24,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from stackwatch import statuspage as sp
 from stackwatch.app import Exporter
-from stackwatch.collector import negotiate, probe_body
 from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.durations import human_duration
+from stackwatch.exposition import negotiate
 from stackwatch.listener import Limits, listen as open_listener
 from stackwatch.probes import heartbeat
 from stackwatch.probes.base import check_words
 from stackwatch.push import routes as push_routes
 from stackwatch.scheduler import Busy
+from stackwatch.series import probe_body
 from stackwatch.store import TargetState
 from stackwatch.webconfig import authorize
 
