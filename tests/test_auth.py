@@ -51,6 +51,23 @@ def test_a_malformed_hash_is_refused_at_load(tmp_path, hashed, why):
     assert "basic_auth_users (line 1, column 1)" in text and why in text and hashed not in text
 
 
+@pytest.mark.parametrize("content,expected", [
+    (b"tls_server_config:\n  cert_file: a\ntls_server_config:\n  key_file: b\n",
+     "tls_server_config (line 3, column 1): duplicate key (first set on line 1)"),
+    (b"basic_auth_users:\n  alice: \xff\n", "<top level> (line 2, column 10): the file is not UTF-8: byte 0xff"),
+    (b"basic_auth_users: [\n", "(line 2, column 1)"),
+    (b"http_server_config:\n  headres: {}\n", 'http_server_config.headres (line 2, column 3): unknown key; did you mean "headers"?'),
+])
+def test_web_config_problems_are_located_like_config_problems(tmp_path, content, expected):
+    """The web config goes through the same loader as the target config: one message form, the
+    line and column, repeated keys and bad bytes named (not "the file is not UTF-8" alone)."""
+    web = tmp_path / "web.yml"
+    web.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(web))
+    assert str(web) in info.value.render() and expected in info.value.render(), info.value.render()
+
+
 def test_unknown_users_cost_what_the_slowest_known_one_does():
     """The hash an unknown user is checked against has the cost of the slowest configured hash,
     so a login for a name that does not exist takes as long as one that does."""

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stackwatch.config import ConfigError, decode
+from stackwatch.config import ConfigError
+from stackwatch.loader import decode
 from stackwatch.kinds import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -200,3 +200,34 @@ async def test_unreadable_file_sources_fail_as_file_error(tmp_path):
     r = await run_probe(t)
     assert (r.success, r.reason.value) == (False, "file_error"), r.message
     assert "missing-a.json" in r.message and "No such file or directory" in r.message
+
+
+async def test_an_unconfigured_sql_source_is_reported_like_an_unconfigured_sql_target(servers, tmp_path, monkeypatch):
+    """One SQLConnection model for kind: sql and SQL sources: an empty URL (the deployment never
+    set it) loads, and the probe names it not_configured; the other sources are still read."""
+    monkeypatch.delenv("NEVER_SET_DB_URL", raising=False)
+    extra = """      - name: replica
+        priority: 6
+        sql: {url: "${NEVER_SET_DB_URL:-}", query: "SELECT 1 AS total"}
+"""
+    t = ai_go_target(servers, tmp_path, extra)
+    r, text = await probe(t)
+    ok = series(text, "stackwatch_consistency_source_success")
+    assert ok['source="replica"'] == 0 and ok['source="database"'] == 1 and ok['source="api"'] == 1
+    assert series(text, "stackwatch_consistency_source_failure_reason") == {
+        'source="replica",reason="not_configured"': 1}
+    assert any("source replica (sql) failed: not_configured: the database is not configured" in line for line in r.log)
+    sql_target = parse_config('targets:\n  - {name: db, kind: sql, url: "${NEVER_SET_DB_URL:-}"}\n').targets[0]
+    sql_result = await run_probe(sql_target)
+    assert sql_result.reason.value == "not_configured"
+    assert sql_result.message.split(":")[0] == "the database is not configured"
+
+
+def test_a_password_inside_a_source_url_fails_the_load_as_in_kind_sql(tmp_path):
+    for kind_text in ('{name: db, kind: sql, url: "postgresql+psycopg://u:hunter2@h/db"}',
+                      '{name: c, kind: consistency, fields: [n], sources: ['
+                      '{name: s, sql: {url: "postgresql+psycopg://u:hunter2@h/db", query: "SELECT 1 AS n"}}]}'):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"targets:\n  - {kind_text}\n")
+        text = info.value.render()
+        assert "a password in the URL is not accepted" in text and "hunter2" not in text

@@ -16,7 +16,6 @@ A config that loads is valid: probes never re-check their own settings.
 from __future__ import annotations
 
 import datetime
-import difflib
 import hashlib
 import os
 import re
@@ -39,8 +38,19 @@ from pydantic import (
     model_validator,
 )
 
-from stackwatch import yamlload
 from stackwatch.durations import format_duration, parse_duration, parse_size
+from stackwatch.loader import (
+    ConfigError,
+    Locator,
+    Problem,
+    by_position,
+    expand_env,
+    format_path,
+    parse_yaml,
+    problem_message,
+    read_text,
+    show_value,
+)
 from stackwatch.redact import (
     EnvStr,
     collect_secrets,
@@ -76,7 +86,7 @@ RESERVED_LABELS = frozenset(
 
 def _label_name(value: Any) -> str:
     if not isinstance(value, str) or not LABEL_NAME.match(value) or value.startswith("__"):
-        raise ValueError(f"expected a Prometheus label name like env or team, got {_show(value)}")
+        raise ValueError(f"expected a Prometheus label name like env or team, got {show_value(value)}")
     if value in RESERVED_LABELS:
         raise ValueError(f'label name "{value}" is reserved for stackwatch\'s own labels')
     return value
@@ -188,7 +198,7 @@ class TargetConfig(Model):
             name = data.get("name")
             if isinstance(name, str) and not TARGET_NAME.match(name):
                 raise ValueError(
-                    f"name: expected letters, digits and _ . : - (starting with a letter or digit), got {_show(name)}"
+                    f"name: expected letters, digits and _ . : - (starting with a letter or digit), got {show_value(name)}"
                 )
         return data
 
@@ -230,11 +240,11 @@ def _timestamp(value: Any) -> float:
         try:
             moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {_show(value)}") from None
+            raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {show_value(value)}") from None
     else:
-        raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {_show(value)}")
+        raise ValueError(f"expected a time like 2026-12-24T22:00:00Z, got {show_value(value)}")
     if moment.tzinfo is None:
-        raise ValueError(f"give the time zone (Z or +01:00), got {_show(str(value))}")
+        raise ValueError(f"give the time zone (Z or +01:00), got {show_value(str(value))}")
     return moment.timestamp()
 
 
@@ -314,198 +324,6 @@ class Config:
         return f"{self.source}: OK, {len(self.targets)} targets ({by_kind})"
 
 
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int | None
-    column: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f" (line {self.line}, column {self.column})" if self.line else ""
-        return f"{self.path or '<top level>'}{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """Raised with every problem found in a config file."""
-
-    def __init__(self, source: str, problems: list[Problem]):
-        self.source = source
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        head = f"{self.source}: {len(self.problems)} error{'s' if len(self.problems) != 1 else ''}"
-        return "\n".join([head, *(f"  {p}" for p in self.problems)])
-
-
-def format_path(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _show(value: Any, path: tuple[Any, ...] = ()) -> str:
-    if path and isinstance(path[-1], str) and is_secret_name(path[-1]):
-        return "<redacted>"
-    if isinstance(value, EnvStr):
-        return "a value from the environment"  # never echoed: it may be a secret in the wrong field
-    if isinstance(value, str):
-        shown = redact_url(value)
-        return f'"{shown[:80]}..."' if len(shown) > 80 else f'"{shown}"'
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**18:
-        return "a number of more than 18 digits"
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)
-
-
-_FRIENDLY = {
-    "missing": "required key is missing",
-    "int_parsing": "expected an integer, got {input}",
-    "int_type": "expected an integer, got {input}",
-    "int_from_float": "expected an integer, got {input}",
-    "float_parsing": "expected a number, got {input}",
-    "float_type": "expected a number, got {input}",
-    "bool_parsing": "expected true or false, got {input}",
-    "bool_type": "expected true or false, got {input}",
-    "string_type": "expected a string, got {input}",
-    "dict_type": "expected a mapping, got {input}",
-    "model_type": "expected a mapping, got {input}",
-    "model_attributes_type": "expected a mapping, got {input}",
-    "list_type": "expected a list, got {input}",
-    "greater_than_equal": "expected a value >= {ge}, got {input}",
-    "less_than_equal": "expected a value <= {le}, got {input}",
-    "greater_than": "expected a value > {gt}, got {input}",
-    "literal_error": "expected one of {expected}, got {input}",
-    "enum": "expected one of {expected}, got {input}",
-    "string_too_short": "expected at least {min_length} characters",
-}
-
-
-def located_problems(exc: ValidationError, marks: dict[tuple[Any, ...], tuple[int, int]],
-                     model: type[BaseModel]) -> list[Problem]:
-    """A model's validation errors as located Problems: the key path, the line and column of the
-    nearest key the YAML loader marked, and a message that names the allowed fields."""
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        line, col = next((marks[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in marks), (None, None))
-        problems.append(Problem(format_path(loc), line, col, _message(err, loc, model)))
-    return problems
-
-
-def _message(err: dict[str, Any], path: tuple[Any, ...], model: type[BaseModel] | None) -> str:
-    kind = err["type"]
-    ctx = dict(err.get("ctx") or {})
-    if kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        return msg.removeprefix("Value error, ")
-    if kind == "assertion_error":
-        return err["msg"].removeprefix("Assertion failed, ")
-    if kind == "extra_forbidden":
-        allowed = _fields_at(model, path[:-1]) if model else None
-        close = difflib.get_close_matches(str(path[-1]), allowed or [], n=1)
-        if close:
-            return f'unknown key; did you mean "{close[0]}"?'
-        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
-        return f"unknown key{hint}"
-    template = _FRIENDLY.get(kind)
-    if template:
-        ctx["input"] = _show(err.get("input"), path)
-        try:
-            return template.format(**ctx)
-        except (KeyError, IndexError):
-            pass
-    return f"{err['msg']}, got {_show(err.get('input'), path)}"
-
-
-def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str] | None:
-    """The keys a model accepts at a path, for 'unknown key' hints (best effort)."""
-    current: Any = model
-    for part in path:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        f = current.model_fields.get(part)
-        if f is None:
-            return None
-        current = _inner_model(f.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return None
-
-
-def _inner_model(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-# --------------------------------------------------------------------------- YAML with positions
-
-
-class _Locator:
-    def __init__(self) -> None:
-        self.marks: dict[tuple[Any, ...], tuple[int, int]] = {}
-
-    def at(self, path: tuple[Any, ...]) -> tuple[int | None, int | None]:
-        for n in range(len(path), -1, -1):
-            mark = self.marks.get(tuple(path[:n]))
-            if mark:
-                return mark
-        return None, None
-
-
-_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand(value: Any, path: tuple[Any, ...], env: dict[str, str], loc: _Locator, problems: list[Problem]) -> Any:
-    if isinstance(value, dict):
-        return {k: _expand(v, path + (k,), env, loc, problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand(v, path + (i,), env, loc, problems) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "$" not in value:
-        return value
-    used_env = False
-
-    def sub(m: re.Match[str]) -> str:
-        nonlocal used_env
-        if m.group(0) == "$$":
-            return "$"
-        name, default = m.group(1), m.group(2)
-        if name in env:
-            used_env = True
-            return env[name]
-        if default is not None:
-            # "${TOKEN:-}" (no token) is not an inline secret; "${TOKEN:-hunter2}" still is.
-            used_env = used_env or default == ""
-            return default
-        line, col = loc.at(path)
-        problems.append(Problem(format_path(path), line, col, f"environment variable {name} is not set"))
-        used_env = True  # already reported; not also an "inline secret"
-        return ""
-
-    expanded = _ENV_REF.sub(sub, value)
-    return EnvStr(expanded) if used_env else expanded
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -513,48 +331,12 @@ KindModels = Mapping[str, type["TargetConfig"]]
 """Config model of each probe kind, by kind name (see :mod:`stackwatch.kinds`)."""
 
 
-MAX_FILE_BYTES = 32 * 1024 * 1024
-
 
 def load_config(path: str | Path, env: dict[str, str] | None = None, *, kinds: KindModels,
                 shard: tuple[int, int] = (0, 1)) -> Config:
     """Load and validate a config file; raise ConfigError listing every problem.  With ``shard``
     (index, count) every target is validated but only the shard's are kept (Config.shard)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(str(path), [Problem("", None, None, f"cannot read the file: {exc.strerror}")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(str(path), [Problem("", None, None,
-                                              f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")])
-    return parse_config(decode(raw, str(path)), str(path), env, kinds=kinds, shard=shard)
-
-
-def decode(raw: bytes, source: str) -> str:
-    """UTF-8 text of a config file, or a ConfigError at the line and column of the first bad byte."""
-    try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError(source, [Problem("", line, column, f"the file is not UTF-8: byte 0x{raw[exc.start]:02x} "
-                                                             f"cannot start or continue a character")]) from None
-
-
-def _line_hint(text: str, line: int | None) -> str:
-    """The offending line, for syntax errors (not shown if it may hold a secret)."""
-    if line is None:
-        return ""
-    lines = text.splitlines()
-    if not 0 < line <= len(lines):
-        return ""
-    shown = lines[line - 1].strip()
-    if not shown or is_secret_name(shown) or "${" in shown:
-        return ""
-    shown = redact_url(shown)
-    return f' (the line reads: "{shown[:80]}")'
+    return parse_config(read_text(path), str(path), env, kinds=kinds, shard=shard)
 
 
 def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None, *,
@@ -574,23 +356,15 @@ def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None
 def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: KindModels,
                   shard: tuple[int, int] = (0, 1)) -> Config:
     env = dict(os.environ) if env is None else env
-    problems: list[Problem] = []
-    loc = _Locator()
-    try:
-        loaded = yamlload.load(text)
-    except yamlload.YAMLProblem as exc:
-        hint = _line_hint(text, exc.line) if exc.message.startswith("invalid YAML") else ""
-        raise ConfigError(source, [Problem("", exc.line, exc.column, exc.message + hint)]) from None
+    loaded, problems = parse_yaml(text, source)
     data = loaded.value
-    loc.marks = loaded.marks
-    for dup_path, line, col, first in loaded.duplicates:
-        problems.append(Problem(format_path(dup_path), line, col, f"duplicate key (first set on line {first})"))
+    loc = Locator(loaded.marks)
     if data is None:
         raise ConfigError(source, [Problem("", 1, 1, "the file is empty; expected a mapping with a targets list")])
     if not isinstance(data, dict):
-        raise ConfigError(source, [Problem("", 1, 1, f"expected a mapping with a targets list, got {_show(data)}")])
+        raise ConfigError(source, [Problem("", 1, 1, f"expected a mapping with a targets list, got {show_value(data)}")])
     loaded.value = None  # memory: only the expanded copy is needed from here on
-    data = _expand(data, (), env, loc, problems)
+    data = expand_env(data, (), env, loc, problems)
 
     def add(err_path: tuple[Any, ...], message: str) -> None:
         line, col = loc.at(err_path)
@@ -599,13 +373,13 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
     def collect(exc: ValidationError, prefix: tuple[Any, ...], model: type[BaseModel]) -> None:
         for err in exc.errors(include_url=False):
             err_loc = tuple(p for p in err["loc"] if p != "[key]")  # pydantic marks dict-key errors so
-            add(prefix + err_loc, _message(err, err_loc, model))
+            add(prefix + err_loc, problem_message(err, err_loc, model))
 
     try:
         top = _TopLevel.model_validate(data)
     except ValidationError as exc:
         collect(exc, (), _TopLevel)
-        raise ConfigError(source, sorted(problems, key=_order)) from None
+        raise ConfigError(source, sorted(problems, key=by_position)) from None
 
     targets: list[TargetConfig] = []
     first_seen: dict[str, int] = {}
@@ -621,7 +395,7 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
             continue
         model = kinds.get(kind_name) if isinstance(kind_name, str) else None
         if model is None:
-            add(here + ("kind",), f"unknown kind {_show(kind_name)}; expected one of: {', '.join(sorted(kinds))}")
+            add(here + ("kind",), f"unknown kind {show_value(kind_name)}; expected one of: {', '.join(sorted(kinds))}")
             continue
         try:
             target = model.model_validate(raw)
@@ -652,7 +426,7 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
             if name not in names and not problems:
                 add(("maintenance", i, "targets", j), f'no target is named "{name[:128]}"')
     if problems:
-        raise ConfigError(source, sorted(problems, key=_order))
+        raise ConfigError(source, sorted(problems, key=by_position))
     return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source,
                   maintenance=tuple(top.maintenance))
 
@@ -665,10 +439,6 @@ def _check_family_conflicts(t: TargetConfig, index: int, first: dict[str, tuple[
         if seen[0] != fam.type:
             add(("targets", index, "metrics"),
                 f'metric {fam.name} is a {fam.type} here but a {seen[0]} in target "{seen[1]}"')
-
-
-def _order(p: Problem) -> tuple[int, int]:
-    return (p.line or 0, p.column or 0)
 
 
 def _resolve(target: TargetConfig, defaults: Defaults) -> TargetConfig | str:

@@ -36,8 +36,8 @@ from typing import Literal
 import bcrypt
 from pydantic import Field, ValidationError, field_validator
 
-from stackwatch.config import ConfigError, Model, Problem, located_problems
-from stackwatch.yamlload import YAMLProblem, load
+from stackwatch.config import Model
+from stackwatch.loader import ConfigError, Problem, by_position, located_problems, parse_yaml, read_text
 
 ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options",
                    "X-XSS-Protection", "Content-Security-Policy")
@@ -45,6 +45,8 @@ ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Fra
 
 _BCRYPT = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 MIN_COST = 4
+MAX_WEB_CONFIG_BYTES = 1024 * 1024
+"""The largest web config file read."""
 MAX_COST = 16
 
 ClientAuth = Literal["NoClientCert", "RequestClientCert", "RequireAnyClientCert",
@@ -169,22 +171,15 @@ def load_web_config(path: str | None) -> WebConfig:
     """Read and check a web config file; ConfigError names the key path and line."""
     if not path:
         return WebConfig()
-    try:
-        raw = Path(path).read_bytes()[: 1024 * 1024 + 1]
-        text = raw.decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(path, [Problem("", None, None, f"cannot read the file: {exc.strerror}")]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(path, [Problem("", None, None, "the file is not UTF-8")]) from None
-    try:
-        loaded = load(text)
-    except YAMLProblem as exc:
-        raise ConfigError(path, [Problem("", exc.line, exc.column, exc.message)]) from None
+    loaded, problems = parse_yaml(read_text(path, MAX_WEB_CONFIG_BYTES), path)
     data = loaded.value if loaded.value is not None else {}
     try:
         model = WebConfigFile.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, located_problems(exc, loaded.marks, WebConfigFile)) from None
+        problems += located_problems(exc, loaded.marks, WebConfigFile)
+        raise ConfigError(path, sorted(problems, key=by_position)) from None
+    if problems:
+        raise ConfigError(path, problems)
     web = WebConfig(path, {u: h.encode() for u, h in model.basic_auth_users.items()},
                     dict(model.http_server_config.headers), model.tls_server_config, Path(path).resolve().parent)
     try:

@@ -50,7 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stackwatch.config import ConfigError, Problem
+from stackwatch.loader import ConfigError, Problem
 from stackwatch.listener import Limits, Stats, listen
 from stackwatch.webconfig import BasicAuthChecker, WebConfig, authorize, check_reload, load_web_config
 

@@ -10,32 +10,23 @@ the engines and deadlines of kind: sql) or a local JSON/YAML file (a shipped fal
 sources are read concurrently in one probe; a failed source does not fail the others.  Each
 source's values are checked against invariants (``active <= total``), each field's spread
 across sources against a tolerance, and each value's last change is remembered so a source
-frozen on a hard-coded fallback shows up (docs/THRESHOLDS.md, the model-count rows).
+frozen on a hard-coded fallback shows up (the consistency alerts in the bundle).
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import json
-import math
-import operator
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
-from stackwatch.config import Model, Secret, TargetConfig, secret_from
+from stackwatch.config import Model, TargetConfig
 from stackwatch.probes import rediskv, sqldb
+from stackwatch.probes.invariants import InvariantT
 from stackwatch.probes.base import (
     Family,
     KindState,
@@ -56,85 +47,6 @@ from stackwatch.probes.jsonquery import (
     to_number,
 )
 
-# ------------------------------------------------------------------ invariants
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_CMP = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
-        ast.Eq: operator.eq, ast.NotEq: operator.ne}
-
-
-class Invariant:
-    """``a + b <= c``, ``0 <= total <= 200``: arithmetic over field names, compared (chains allowed)."""
-
-    MAX_TEXT = 500
-    MAX_NODES = 200
-
-    def __init__(self, text: str, fields: set[str] | None = None):
-        if not isinstance(text, str):
-            raise ValueError("expected an invariant like \"active <= total\"")
-        if len(text) > self.MAX_TEXT:
-            raise ValueError(f"an invariant may be at most {self.MAX_TEXT} characters (this one has {len(text)})")
-        self.text = " ".join(text.split())
-        try:
-            tree = ast.parse(self.text, mode="eval").body
-        except (SyntaxError, RecursionError, MemoryError):
-            raise ValueError(f'cannot read invariant "{self.text}"; expected e.g. "active <= total"') from None
-        if not isinstance(tree, ast.Compare):
-            raise ValueError(f'invariant "{self.text}" must compare, e.g. "active <= total"')
-        if sum(1 for _ in ast.walk(tree)) > self.MAX_NODES:
-            raise ValueError(f'invariant "{self.text[:60]}..." has more than {self.MAX_NODES} terms')
-        self.tree = tree
-        self.names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        self._check(tree)
-        if fields is not None and self.names - fields:
-            raise ValueError(f'invariant "{self.text}" uses {sorted(self.names - fields)[0]}, which is not a field')
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Invariant) and other.text == self.text
-
-    def __hash__(self) -> int:
-        return hash(self.text)
-
-    def _check(self, node: ast.AST) -> None:
-        allowed = (ast.Compare, ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Load, ast.USub,
-                   *_OPS, *_CMP)
-        for n in ast.walk(node):
-            if not isinstance(n, allowed) or (isinstance(n, ast.Constant) and not isinstance(n.value, int | float)):
-                raise ValueError(f'invariant "{self.text}" may only use field names, numbers, + - * / and comparisons')
-
-    def holds(self, values: dict[str, float]) -> bool | None:
-        """True or False, or None when a field it needs is missing from the source."""
-        if self.names - values.keys():
-            return None
-
-        def ev(n: ast.AST) -> float:
-            if isinstance(n, ast.Constant):
-                return float(n.value)
-            if isinstance(n, ast.Name):
-                return values[n.id]
-            if isinstance(n, ast.UnaryOp):
-                return -ev(n.operand)
-            if isinstance(n, ast.BinOp):
-                try:
-                    return _OPS[type(n.op)](ev(n.left), ev(n.right))
-                except ZeroDivisionError:
-                    return math.nan
-            raise AssertionError(n)
-
-        left = ev(self.tree.left)
-        for op, comp in zip(self.tree.ops, self.tree.comparators):
-            right = ev(comp)
-            if not _CMP[type(op)](left, right):
-                return False
-            left = right
-        return True
-
-
-InvariantT = Annotated[Invariant, PlainValidator(lambda v: v if isinstance(v, Invariant) else Invariant(v)),
-                       PlainSerializer(lambda i: i.text, return_type=str)]
-
-
-
 # ------------------------------------------------------------------ config
 
 
@@ -145,26 +57,12 @@ class HTTPSource(HTTPRequest):
     """JSON path whose string value names the source the application currently serves."""
 
 
-class SQLSource(Model):
-    url: str
-    password: Secret | None = None
-    password_file: str | None = None
+class SQLSource(sqldb.SQLConnection):
+    """url, password, password_file as in kind: sql (an unusable URL fails this source with
+    reason not_configured at probe time, not the load)."""
+
     query: str
     """Its columns are the fields (one row)."""
-
-    _parsed: Any = PrivateAttr(default=None)
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _no_inline_password(cls, v: Any) -> Any:
-        return sqldb.no_inline_password(v)
-
-    @model_validator(mode="after")
-    def _prepare(self) -> SQLSource:
-        pw = secret_from(self.password, self.password_file, "password")
-        object.__setattr__(self, "password", pw)
-        self._parsed = sqldb.parse_url(self.url, pw.get_secret_value() if pw else None)
-        return self
 
 
 class FileSource(Model):
@@ -240,7 +138,7 @@ class ConsistencyTarget(TargetConfig):
                 "are no default invariants; see CHANGELOG.md)"]
 
     def extra_secrets(self) -> list[str]:
-        return ([x for s in self.sources if s.sql for x in sqldb.url_secrets(s.sql.url)]
+        return ([x for s in self.sources if s.sql for x in s.sql.url_secrets()]
                 + [x for s in self.sources if s.redis for x in s.redis.secrets()])
 
 
@@ -379,7 +277,7 @@ async def _read(t: ConsistencyTarget, s: Source, ctx: ProbeContext,
         return _extract(doc, s.http.fields), served
     if s.sql is not None:
         spec = s.sql
-        handle = state.engines.handle_for(f"{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec._parsed,
+        handle = state.engines.handle_for(f"{t.name}/{s.name}", (spec.url, spec.password, t.timeout), spec.parsed,
                                           t.deadline)
         row = await state.runner.run(lambda: sqldb.query_one_row(handle, spec.query, ctx.deadline), ctx.deadline)
         values: dict[str, float] = {}

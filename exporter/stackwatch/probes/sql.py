@@ -15,16 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from stackwatch.config import (
-    Duration,
-    LabelName,
-    Model,
-    Secret,
-    TargetConfig,
-    secret_from,
-)
+from stackwatch.config import Duration, LabelName, Model, TargetConfig
 from stackwatch.durations import format_duration
 from stackwatch.probes import sqldb
 from stackwatch.probes.base import (
@@ -102,47 +95,30 @@ class MigrationExpectation(Model):
     version_table: str = "alembic_version"
 
 
-class SQLTarget(TargetConfig):
-    """A database reached through SQLAlchemy."""
+class SQLTarget(sqldb.SQLConnection, TargetConfig):
+    """A database reached through SQLAlchemy (url, password, password_file: sqldb.SQLConnection;
+    an unusable URL is reported by the probe as not_configured)."""
 
     kind: Literal["sql"]
-    url: str
-    """SQLAlchemy URL with an explicit driver (postgresql+psycopg, mysql+pymysql, sqlite).
-    May be empty: the target is then reported as not configured (reason not_configured)."""
-    password: Secret | None = None
-    password_file: str | None = None
     namespace: str = "db"
     queries: list[SQLQuery] = Field(default_factory=list)
     schema_expectations: SchemaExpectations | None = Field(None, alias="schema")
     migrations: MigrationExpectation | None = None
     saturation: bool = True
-    """Export server connections in use, the usable maximum and their ratio (THRESHOLDS.md D2)."""
+    """Export server connections in use, the usable maximum and their ratio (the connection-saturation alert reads the ratio)."""
 
     _fams: dict[str, DynamicFamily] = PrivateAttr(default_factory=dict)
-    _parsed: Any = PrivateAttr(default=None)
-    _parse_error: str | None = PrivateAttr(default=None)
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _no_inline_password(cls, v: Any) -> Any:
-        return sqldb.no_inline_password(v)
 
     @model_validator(mode="after")
     def _prepare(self) -> SQLTarget:
-        pw = secret_from(self.password, self.password_file, "password")
-        object.__setattr__(self, "password", pw)
         self._fams = declare_families(self.namespace, [
             (q.name, q.type, (q.help or f"{q.name} from SQL query {q.name}.")
              + (f" Cached: the query runs at most every {format_duration(q.min_interval)}." if q.min_interval else ""))
             for q in self.queries])
-        try:
-            self._parsed = sqldb.parse_url(self.url, pw.get_secret_value() if pw else None)
-        except ValueError as exc:
-            self._parse_error = str(exc)  # reported by the probe as not_configured, not a load error
         return self
 
     def extra_secrets(self) -> list[str]:
-        return sqldb.url_secrets(self.url)
+        return self.url_secrets()
 
     def declared_families(self) -> list[Family]:
         return list(self._fams.values())
@@ -361,7 +337,7 @@ def _own_timeout(conn: Connection, dialect: str, is_mariadb: bool, seconds: floa
 def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
                 out: list[tuple[Family, dict[str, str], float]]) -> tuple[Reason | None, str]:
     """Runs in the SQL thread pool: appends samples to ``out``, returns (failure reason or None, message)."""
-    parsed = t._parsed
+    parsed = t.parsed
     h = state.engines.handle_for(t.name, (t.url, t.password, t.timeout), parsed, t.deadline)
     with sqldb.exclusive(h, deadline, "probe of this database") as holder:
         # Autocommit, the statement timeout set when the connection was made: a probe sends
@@ -412,10 +388,13 @@ def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
 
 
 async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
-    if t._parsed is None:
+    if not t.configured:
         ctx.sample(CONFIGURED, 0)
         ctx.sample(UP, 0)
-        return ctx.failure(Reason.NOT_CONFIGURED, f"the database is not configured: {t._parse_error}")
+        try:
+            t.parsed
+        except ProbeFailure as exc:
+            return ctx.failure(exc.reason, exc.message)
     ctx.sample(CONFIGURED, 1)
     state: SQLState = ctx.state
     return await run_blocking(ctx, state.runner, lambda deadline, log, out: _probe_sync(t, state, deadline, log, out))

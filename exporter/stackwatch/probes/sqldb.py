@@ -32,6 +32,9 @@ from urllib.parse import quote
 
 from typing import TYPE_CHECKING
 
+from pydantic import PrivateAttr, field_validator, model_validator
+
+from stackwatch.config import Model, Secret, secret_from
 from stackwatch.probes.base import ProbeFailure, Reason, release_exception
 from stackwatch.redact import MASK, EnvStr, is_secret_name
 
@@ -39,9 +42,6 @@ if TYPE_CHECKING:  # SQLAlchemy is imported when the first SQL target is loaded 
     from sqlalchemy.engine import URL, Connection, Engine
 
 POOL_WORKERS = 16
-
-
-
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,54 @@ def no_inline_password(v: Any) -> Any:
         raise ValueError("a password in the URL is not accepted; use password (from ${ENV_VAR}), "
                          "password_file, or a URL that comes whole from ${ENV_VAR}")
     return v
+
+
+class SQLConnection(Model):
+    """Where a database is and how to log in: the same fields and the same rules for kind: sql
+    and for a consistency kind's SQL source.
+
+    ``url`` is a SQLAlchemy URL with an explicit driver (postgresql+psycopg, mysql+pymysql,
+    sqlite).  A password written inside the URL in the file fails the load (it belongs in
+    ``password`` from ${ENV} or ``password_file``).  A URL that cannot be used (empty because
+    the deployment never set it, no driver, an unknown dialect) does not fail the load: the
+    probe reports it as reason not_configured, so a database that was never configured is a
+    metric and an alert, not a config that refuses to start."""
+
+    url: str
+    password: Secret | None = None
+    password_file: str | None = None
+
+    _parsed: ParsedURL | None = PrivateAttr(default=None)
+    _parse_error: str | None = PrivateAttr(default=None)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_inline_password(cls, v: Any) -> Any:
+        return no_inline_password(v)
+
+    @model_validator(mode="after")
+    def _parse_connection(self) -> SQLConnection:
+        pw = secret_from(self.password, self.password_file, "password")
+        object.__setattr__(self, "password", pw)
+        try:
+            self._parsed = parse_url(self.url, pw.get_secret_value() if pw else None)
+        except ValueError as exc:
+            self._parsed, self._parse_error = None, str(exc)
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return self._parsed is not None
+
+    @property
+    def parsed(self) -> ParsedURL:
+        """The parsed URL; ProbeFailure(not_configured) naming the problem when it cannot be used."""
+        if self._parsed is None:
+            raise ProbeFailure(Reason.NOT_CONFIGURED, f"the database is not configured: {self._parse_error}")
+        return self._parsed
+
+    def url_secrets(self) -> list[str]:
+        return url_secrets(self.url)
 
 
 def safe_url(url: URL) -> str:
