@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from stackwatch import statuspage as sp
+from stackwatch import pages, statuspage as sp
 from stackwatch.app import Exporter
 from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
@@ -212,7 +212,7 @@ async def status_page(request: web.Request) -> web.Response:
     ex = request.app[EXPORTER]
     now = time.time()
     # Worst first, then by name: a pass over the name-sorted list into one list per state.
-    buckets: dict[str, list[TargetState]] = {k: [] for k in ("down", "stale", "degraded", "pending", "up")}
+    buckets: dict[str, list[TargetState]] = {k: [] for k in pages.STATES}
     slicer = Slicer()
     for st in ex.store.by_name():
         buckets[sp.target_state(st, now)[0]].append(st)
@@ -231,8 +231,6 @@ async def status_page(request: web.Request) -> web.Response:
     for st in shown:
         t = st.target
         status, reason, _ = sp.target_state(st, now)
-        h = hist[t.name]
-        last = f"{now - st.result.finished_at:.0f}s ago" if st.result else "never"
         if st.result is not None and status in ("down", "up", "degraded"):
             reason = (f"{'down' if status == 'down' else 'up'} since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(st.since))} "
                       f"UTC ({human_duration(now - st.since)}). {reason}").strip()
@@ -242,33 +240,17 @@ async def status_page(request: web.Request) -> web.Response:
         if window is not None:
             until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(window.end))
             reason = f"[maintenance {window.name} until {until}] {reason}".strip()
-        rows.append(
-            f"<tr class='{status}'><td><a href='targets/{html.escape(t.name)}'>{html.escape(t.name)}</a></td>"
-            f"<td>{t.kind}</td><td class='state'>{status}</td><td class='reason'>{html.escape(reason)}</td>"
-            f"<td>{sp.bar_svg_compact(h.quarter, title=f'last 24 hours: {sp.pct(h.uptime_24h)}')}"
-            f"<span class='note'>24h {sp.pct(h.uptime_24h)}</span></td>"
-            f"<td>{sp.bar_svg_compact(h.day, width=270, title=f'last 90 days: {sp.pct(h.uptime_90d)}')}"
-            f"<span class='note'>90d {sp.pct(h.uptime_90d)}</span></td>"
-            f"<td>{last}</td><td><a href='probe?target={html.escape(t.name)}&amp;debug=true'>debug</a></td></tr>")
+        last = f"{now - st.result.finished_at:.0f}s ago" if st.result else "never"
+        rows.append(pages.Row(t.name, t.kind, status, reason, hist[t.name], last))
         await slicer.pause()
     source = next(iter(hist.values())).source if hist else "memory"
     fetched = (f" Fetched {time.time() - ex.remotes.last_answer_at:.0f} s ago." if ex.remotes.last_answer_at else "")
     note = ("History from Prometheus." + fetched if source == "prometheus" else
             "History since stackwatch started (in memory): set --prometheus.url for history that survives restarts"
-            + (f" (Prometheus unavailable: {html.escape(ex.remotes.last_error)})" if ex.remotes.last_error else "")
-            + ".")
-    reload_note = "" if ex.reload_ok else f"<p class='down'>Last reload failed:<pre>{html.escape(ex.last_reload_error)}</pre></p>"
-    pages = (len(states) + sp.PAGE_SIZE - 1) // sp.PAGE_SIZE
-    nav = " ".join(f"<a href='?page={i}'>{i + 1}</a>" if i != page_no else f"<b>{i + 1}</b>" for i in range(pages)) \
-        if pages > 1 else ""
-    summary = "".join(f"<span class='{k}'><b class='state'>{k}</b> {counts[k]}</span>"
-                      for k in ("down", "stale", "degraded", "pending", "up") if counts.get(k))
-    body = (f"<h1>stackwatch status</h1><p class='summary'>{summary}</p>{reload_note}"
-            f"<p class='note'>{len(states)} targets from {html.escape(ex.config_path)}. {note}</p>"
-            f"{sp.alerts_html(alerts)}<h2>Targets</h2><table><tr><th>Target</th><th>Kind</th><th>State</th><th>Reason</th>"
-            f"<th>Last 24 hours</th><th>Last 90 days</th><th>Last probe</th><th></th></tr>{''.join(rows)}</table>"
-            f"<p>{nav}</p>{sp.incidents_html(found, found_from, now)}")
-    return web.Response(text=sp.page("stackwatch status", body), content_type="text/html")
+            + (f" (Prometheus unavailable: {ex.remotes.last_error})" if ex.remotes.last_error else "") + ".")
+    text = pages.status_page(rows, counts, len(states), ex.config_path, note,
+                             None if ex.reload_ok else ex.last_reload_error, page_no, alerts, found, found_from, now)
+    return web.Response(text=text, content_type="text/html")
 
 
 @rendered
@@ -282,41 +264,27 @@ async def target_page(request: web.Request) -> web.Response:
     status, reason, checks = sp.target_state(st, now)
     hist, alerts, (found, found_from) = await asyncio.gather(
         sp.histories(ex.store, ex.remotes, [name]), _alerts(ex), sp.incidents(ex.store, ex.remotes, name))
-    h = hist[name]
-    latency = await _latency_html(ex, st, request.query.get("latency", "probes"))
-    checks_html = "".join(f"<li>{html.escape(check_words(c))} <code class='note'>{html.escape(c)}</code></li>"
-                          for c in checks)
-    body = (f"<p><a href='../'>all targets</a></p><h1>{html.escape(name)} <span class='state' "
-            f"style='color:{sp.COLORS[status]}'>{status}</span></h1>"
-            f"<p>{st.target.kind} probe every {st.target.every:g}s. {html.escape(reason)}</p>"
-            + (f"<h2>Failing checks</h2><ul>{checks_html}</ul>" if checks else "")
-            + _heartbeat_html(ex, st.target, now)
-            + f"<h2>Uptime</h2><p>24h {sp.pct(h.uptime_24h)} · 90d {sp.pct(h.uptime_90d)} "
-            f"<span class='note'>({h.source})</span></p>{sp.bar_svg(h.quarter, 576, 20, 'last 24 hours')}"
-            f"<br>{sp.bar_svg(h.day, 576, 20, 'last 90 days')}"
-            + (latency if st.target.kind != "heartbeat" else "")  # a heartbeat's "probe" only reads the store
-            + sp.incidents_html(found, found_from, now, show_target=False)
-            + sp.alerts_html(alerts, name))
-    return web.Response(text=sp.page(f"{name}: {status}", body), content_type="text/html")
+    t = st.target
+    row = _heartbeat_row(ex, name) if t.kind == "heartbeat" else None
+    job = heartbeat.details(t, row, now) if row is not None else None
+    # a heartbeat's "probe" only reads the store: no latency to draw
+    latency = None if t.kind == "heartbeat" else await _latency(ex, st, request.query.get("latency", "probes"))
+    text = pages.target_page(name, t.kind, t.every, status, reason, [(check_words(c), c) for c in checks], job,
+                             hist[name], latency, alerts, found, found_from, now)
+    return web.Response(text=text, content_type="text/html")
 
 
-async def _latency_html(ex: Exporter, st: TargetState, range_: str) -> str:
+async def _latency(ex: Exporter, st: TargetState, range_: str) -> str:
     """The latency section: the last probes from memory, or the p95 over 1h/24h/7d from Prometheus."""
     if range_ not in sp.LATENCY_RANGES:
         range_ = "probes"
-    links = " · ".join(f"<b>{r}</b>" if r == range_ else f"<a href='?latency={r}'>{r}</a>"
-                       for r in ("probes", *sp.LATENCY_RANGES))
-    note = ""
+    error = None
     if range_ != "probes":
         try:
-            points = await sp.latency_history(ex.remotes, st.target.name, range_)
-            return (f"<h2>Latency, p95 over the last {range_}</h2><p class='note'>{links}</p>"
-                    + sp.latency_svg(points, label=f"p95 latency, last {range_}"))
+            return pages.latency_section(range_, await sp.latency_history(ex.remotes, st.target.name, range_))
         except sp.RemoteError as exc:
-            note = f"<p class='note'>p95 over {range_} needs Prometheus: {html.escape(exc.message)}.</p>"
-    points = st.history.latency() if st.history is not None else []
-    return (f"<h2>Probe latency (last {len(points)} probes)</h2><p class='note'>{links}</p>{note}"
-            + sp.latency_svg(points))
+            error = exc.message
+    return pages.latency_section(range_, st.history.latency() if st.history is not None else [], error)
 
 
 def _heartbeat_row(ex: Exporter, name: str) -> Any:
@@ -327,15 +295,6 @@ def _heartbeat_row(ex: Exporter, name: str) -> Any:
 def _heartbeat_due(ex: Exporter, t: Any, now: float) -> str:
     row = _heartbeat_row(ex, t.name)
     return heartbeat.due_words(t, row, now) + "." if row is not None else ""
-
-
-def _heartbeat_html(ex: Exporter, t: Any, now: float) -> str:
-    """A heartbeat's job in words on its page: schedule, when due, last runs, its message."""
-    row = _heartbeat_row(ex, t.name) if t.kind == "heartbeat" else None
-    if row is None:
-        return ""
-    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in heartbeat.details(t, row, now))
-    return f"<h2>Job</h2><table class='job'>{items}</table>"
 
 
 API_PAGE = 500
