@@ -63,6 +63,15 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
+PORT_ATTEMPTS = 3
+"""A child that finds its chosen port taken (chosen free, bound a moment later) is started again
+on another port: no test fails because of a port race."""
+
+
+def lost_port(log: str) -> bool:
+    return "address already in use" in log.lower()
+
+
 class Process:
     live: set[Process] = set()
     """Every process started and not yet stopped: conftest stops those a test started and left
@@ -99,16 +108,7 @@ class Stackwatch(Process):
     def __init__(self, config_path: Path, tmp: Path, env: dict[str, str] | None = None, extra: list[str] | None = None,
                  ready_url: str = "/-/ready", scheme: str = "http", ca: Path | None = None, client_cert: bool = False,
                  preexec_fn: Callable[[], None] | None = None):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, **(env or {})}
-        if not any(a.startswith("--storage.") for a in extra or []):
-            # each exporter its own state store, unless the test shares one on purpose
-            extra = [*(extra or []), "--storage.path", str(tmp / f"state-{self.port}.db")]
-        super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
-                          "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *(extra or [])],
-                         tmp / f"stackwatch-{self.port}.log", full_env, preexec_fn)
-        ready = f"{scheme}://127.0.0.1:{self.port}{ready_url}"
         context = None
         if scheme == "https":
             import ssl
@@ -116,18 +116,32 @@ class Stackwatch(Process):
             context = ssl.create_default_context(cafile=str(ca))
             if client_cert:
                 context.load_cert_chain(str(ca.parent / "client.pem"), str(ca.parent / "client-key.pem"))
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+            args = list(extra or [])
+            if not any(a.startswith("--storage.") for a in args):
+                # each exporter its own state store, unless the test shares one on purpose
+                args += ["--storage.path", str(tmp / f"state-{self.port}.db")]
+            super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
+                              "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *args],
+                             tmp / f"stackwatch-{self.port}.log", full_env, preexec_fn)
+            ready = f"{scheme}://127.0.0.1:{self.port}{ready_url}"
 
-        def is_ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError("exited")
-            with urllib.request.urlopen(ready, timeout=5, context=context) as resp:
-                return resp.status == 200
+            def is_ready() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError("exited")
+                with urllib.request.urlopen(ready, timeout=5, context=context) as resp:
+                    return resp.status == 200
 
-        try:
-            wait_until(is_ready, 20, f"stackwatch {ready_url}")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"stackwatch did not start:\n{self.log()}") from None
+            try:
+                wait_until(is_ready, 20, f"stackwatch {ready_url}")
+                return
+            except AssertionError:
+                self.stop()
+                if lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
+                    continue  # another process took the port between choice and bind: choose again
+                raise AssertionError(f"stackwatch did not start:\n{self.log()}") from None
 
     def metrics(self) -> str:
         return http_get(self.base + "/metrics")[2].decode()
@@ -140,30 +154,40 @@ class Prometheus(Process):
                  alertmanagers: list[str] | None = None, evaluation_interval: str = "1s",
                  scrape_interval: str = "1s", extra_args: list[str] | None = None, data_dir: Path | None = None):
         binary = require_binary("prometheus")
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.dir = tmp / f"prometheus-{self.port}"
-        self.dir.mkdir()
-        data = data_dir or self.dir / "data"  # data_dir: a TSDB filled beforehand (promtool backfill)
-        config: dict[str, Any] = {
-            "global": {"scrape_interval": scrape_interval, "scrape_timeout": "900ms",
-                       "evaluation_interval": evaluation_interval},
-            "scrape_configs": scrape_configs,
-        }
-        if rule_files:
-            config["rule_files"] = rule_files
-        if alertmanagers:
-            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
-        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{self.port}",
-                          "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
-                         self.dir / "prometheus.log")
-        try:
-            wait_until(lambda: http_get(self.base + "/-/ready")[0] == 200, 30, "prometheus /-/ready")
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"prometheus did not start:\n{self.log()}") from None
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+            self.dir = tmp / f"prometheus-{self.port}"
+            self.dir.mkdir()
+            data = data_dir or self.dir / "data"  # data_dir: a TSDB filled beforehand (promtool backfill)
+            config: dict[str, Any] = {
+                "global": {"scrape_interval": scrape_interval, "scrape_timeout": "900ms",
+                           "evaluation_interval": evaluation_interval},
+                "scrape_configs": scrape_configs,
+            }
+            if rule_files:
+                config["rule_files"] = rule_files
+            if alertmanagers:
+                config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
+            (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+            super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
+                              f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{self.port}",
+                              "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
+                             self.dir / "prometheus.log")
+
+            def is_ready() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError("exited")
+                return http_get(self.base + "/-/ready")[0] == 200
+
+            try:
+                wait_until(is_ready, 30, "prometheus /-/ready")
+                return
+            except AssertionError:
+                self.stop()
+                if lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
+                    continue
+                raise AssertionError(f"prometheus did not start:\n{self.log()}") from None
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params)}"

@@ -10,6 +10,8 @@ Telegram Bot API that refuses empty messages (api.telegram.org cannot be reached
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-from fake_algod import ADMIN, PAM_ASSET, PARTICIPANT, FakeAlgorand, node_runner_state, seed_000_state
+from fake_algod import ADMIN, PAM_ASSET, PARTICIPANT, FakeAlgorand, fake_algod, node_runner_state, seed_000_state
 from harness import (
     Prometheus,
     Stackwatch,
@@ -153,12 +155,15 @@ def firing_pairs(receivers: Receivers) -> Counter[tuple[str, str]]:
 
 def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
     require_binary("prometheus")
-    algod = FakeAlgorand(TOKEN)
-    algod.reset(seed_000_state(TOKEN))
-    node = FakeAlgorand(TOKEN)
-    node.reset(node_runner(TOKEN))
-    checkout = Checkout()
-    receivers = Receivers()
+    started = contextlib.ExitStack()  # everything below is stopped even when a later start fails
+    with started:
+        algod = started.enter_context(fake_algod(TOKEN, seed_000_state))
+        node = started.enter_context(fake_algod(TOKEN, node_runner))
+        checkout = Checkout()
+        started.callback(checkout.close)
+        receivers = Receivers()
+        started.callback(receivers.close)
+        started = started.pop_all()
     procs: list[Any] = []
     try:
         am_doc = bundle.scale_alertmanager(
@@ -238,7 +243,4 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
     finally:
         for p in reversed(procs):
             p.stop()
-        receivers.close()
-        checkout.close()
-        algod.close()
-        node.close()
+        started.close()

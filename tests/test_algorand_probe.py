@@ -19,7 +19,7 @@ from fake_algod import (
     MAINNET_HASH,
     PAM_ASSET,
     PARTICIPANT,
-    FakeAlgorand,
+    fake_algod,
     healthy_state,
     node_runner_state,
     seed_000_state,
@@ -29,6 +29,7 @@ from probing import run_probe
 from stackwatch.series import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
+from expo import find
 
 TOKEN = "canary-algod-token-" + "a" * 45
 SPECS = Path(__file__).resolve().parent / "data" / "algorand-specs"  # verbatim copies of the official specs
@@ -61,9 +62,8 @@ SEEN: set[tuple[str, str, int]] = set()
 
 @pytest.fixture(scope="module")
 def fake():
-    f = FakeAlgorand(TOKEN)
-    yield f
-    f.close()
+    with fake_algod(TOKEN) as f:
+        yield f
 
 
 @pytest.fixture(autouse=True)
@@ -110,12 +110,8 @@ async def probe(t):
 
 
 def series(text: str, name: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("stackwatch_algorand_" + name + "{"):
-            labels, value = line.split("{", 1)[1].rsplit("} ", 1)
-            out[",".join(p for p in labels.split(",") if not p.startswith(("target=", "kind=")))] = float(value)
-    return out
+    return {",".join(f'{k}="{v}"' for k, v in labels.items() if k not in ("target", "kind")): value
+            for labels, value in find(text, "stackwatch_algorand_" + name)}
 
 
 async def test_seed_000_state(fake):

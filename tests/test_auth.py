@@ -19,6 +19,7 @@ from stackwatch.config import ConfigError
 from stackwatch.webconfig import BasicAuthChecker, load_web_config
 from test_exposure import healthy_config, runs
 from test_workers import free_block
+from expo import value as metric
 
 PASSWORD = "correct horse battery staple"
 FAST = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -164,8 +165,8 @@ def test_a_flood_of_bad_logins_is_bounded_and_a_good_one_gets_through(servers, t
         assert len(statuses) == 200 and set(statuses) <= {401, 429}
         assert statuses.count(429) > 0 and set(retry_after) == {"1"}
         text = get(sw.base + "/metrics", basic("alice", PASSWORD))[2].decode()
-        counters = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                    if line.startswith(("stackwatch_http_auth_busy_total ", "stackwatch_http_auth_failures_total "))}
+        counters = {name: metric(text, name) for name in ("stackwatch_http_auth_busy_total",
+                                                           "stackwatch_http_auth_failures_total")}
         assert counters["stackwatch_http_auth_busy_total"] >= statuses.count(429)
         assert counters["stackwatch_http_auth_failures_total"] >= statuses.count(401)
         assert runs(text, "healthy", "failure") == 0 and runs(text, "healthy", "success") >= 1

@@ -13,6 +13,7 @@ from stackwatch.series import render_result
 from stackwatch.config import ConfigError
 from stackwatch.kinds import parse_config
 from targets import AI_GO_CACHED
+from expo import value as metric
 
 FIELDS = "[total, active, operational, degraded, outage]"
 API_FIELDS = ("{total: $.totalModels, active: $.activeModels, operational: $.operationalModels, "
@@ -103,7 +104,7 @@ async def test_seed_002_sources_values_invariants_spread_agreement(servers, tmp_
     assert series(text, "stackwatch_consistency_spread_ratio")['field="total"'] == pytest.approx(79 / 139)
     assert series(text, "stackwatch_consistency_field_agreement") == {
         'field="total"': 0, 'field="active"': 0, 'field="operational"': 1, 'field="degraded"': 1, 'field="outage"': 1}
-    assert 'stackwatch_consistency_agreement{target="ai-go-models",kind="consistency"} 0\n' in text
+    assert metric(text, "stackwatch_consistency_agreement", target="ai-go-models", kind="consistency") == 0
     assert (r.success, r.reason.value) == (False, "invariant")
     assert r.message == "buggy: active <= total (active=127, total=63)"
 

@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from fake_algod import ADMIN, PAM_ASSET, fake_algod, seed_000_state
+from expo import find, samples, value as metric
 from harness import (
     Prometheus,
     Stackwatch,
@@ -125,10 +126,8 @@ def pg_schema():
 @pytest.fixture(scope="module")
 def algod():
     """A fake algod in the seed 000 state (no Algorand node is reachable here; see tests/fake_algod.py)."""
-    fake = FakeAlgorand(ALGOD_TOKEN)
-    fake.reset(seed_000_state(ALGOD_TOKEN))
-    yield fake
-    fake.close()
+    with fake_algod(ALGOD_TOKEN, seed_000_state) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +215,7 @@ def test_latency_histogram_and_error_ratio_are_queryable(stack):
 
 def test_promtool_check_metrics_passes_on_real_output(stack):
     sw, prom, _ = stack
-    wait_until(lambda: "stackwatch_http_tls_cert_expiry_timestamp_seconds" in sw.metrics(), 10, "TLS metrics")
+    wait_until(lambda: find(sw.metrics(), "stackwatch_http_tls_cert_expiry_timestamp_seconds"), 10, "TLS metrics")
     body = http_get(sw.base + "/metrics", headers={"Accept": "text/plain"})[2]
     proc = subprocess.run([require_binary("promtool"), "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
@@ -241,10 +240,11 @@ def test_metrics_content_negotiation_and_gzip(stack):
     assert b"# EOF" not in body
     status, headers, body = http_get(sw.base + "/metrics", headers={"Accept": "application/openmetrics-text"})
     assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
-    assert body.endswith(b"# EOF\n") and b"# TYPE stackwatch_probes counter" in body
+    assert body.endswith(b"# EOF\n")
+    assert metric(body, "stackwatch_probes_total", target="healthy", result="success") > 0  # parsed as OpenMetrics
     status, headers, body = http_get(sw.base + "/metrics", headers={"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip"
-    assert b"stackwatch_build_info{" in gzip.decompress(body)
+    assert metric(gzip.decompress(body), "stackwatch_build_info") == 1
 
 
 def test_no_secret_in_metrics_debug_page_or_status_page(stack):
@@ -261,9 +261,9 @@ def test_probe_endpoint_runs_one_target_now(stack):
     status, _, body = http_get(sw.base + "/probe?target=degraded")
     text = body.decode()
     assert status == 200
-    assert 'stackwatch_probe_success{target="degraded",kind="http",env="e2e"} 0' in text
-    assert 'reason="assertion"' in text
-    assert "stackwatch_build_info" not in text  # self metrics stay on /metrics
+    assert metric(text, "stackwatch_probe_success", target="degraded", kind="http", env="e2e") == 0
+    assert metric(text, "stackwatch_probe_failure_reason", target="degraded", reason="assertion") == 1
+    assert not find(text, "stackwatch_build_info")  # self metrics stay on /metrics
     status, _, body = http_get(sw.base + "/probe?target=degraded&debug=true")
     debug = body.decode()
     assert "assertion FAILED: $.status (degraded) == healthy" in debug
@@ -299,7 +299,7 @@ targets:
 """)
     sw = Stackwatch(cfg, tmp_path, extra=["--web.enable-lifecycle", "--event-loop", loop])
     try:
-        wait_until(lambda: 'stackwatch_probe_success{target="first"' in sw.metrics(), 10, "first probe")
+        wait_until(lambda: find(sw.metrics(), "stackwatch_probe_success", target="first"), 10, "first probe")
         # A valid reload changes the target set.
         cfg.write_text(f"""defaults: {{interval: 1s}}
 targets:
@@ -308,34 +308,30 @@ targets:
 """)
         status, body = http_post(sw.base + "/-/reload")
         assert status == 200 and b"OK, 2 targets" in body
-        wait_until(lambda: 'stackwatch_probe_success{target="second",kind="http"} 0' in sw.metrics(), 10, "second")
+        wait_until(lambda: metric(sw.metrics(), "stackwatch_probe_success", target="second") == 0, 10, "second")
         # An invalid one is rejected with its error; the running targets keep being probed.
         cfg.write_text("targets:\n  - {name: third, kind: http, url: http://x/, timeout: fast}\n")
         status, body = http_post(sw.base + "/-/reload")
         assert status == 400
         assert 'targets[0].timeout (line 2, column 47): expected a duration like 5s, got "fast"' in body.decode()
         text = sw.metrics()
-        assert "\nstackwatch_config_last_reload_successful 0.0\n" in text
-        assert 'target="third"' not in text
+        assert metric(text, "stackwatch_config_last_reload_successful") == 0
+        assert not find(text, "stackwatch_probe_timeout_seconds", target="third")
         before = _runs(sw, "first")
         wait_until(lambda: _runs(sw, "first") > before, 5, "first still probed after a bad reload")
         assert "reload failed, keeping the running config" in sw.log()
         # SIGHUP reloads too.
         cfg.write_text(f"targets:\n  - {{name: fourth, kind: http, url: \"{servers.url('/health')}\", interval: 1s}}\n")
         sw.signal(signal.SIGHUP)
-        # the sample line, not the text: the metric's HELP line contains "... successful 1" too
-        wait_until(lambda: "\nstackwatch_config_last_reload_successful 1.0\n" in sw.metrics(), 10, "SIGHUP reload")
+        # the parsed sample, not the text: the metric's HELP line contains "... successful 1" too
+        wait_until(lambda: metric(sw.metrics(), "stackwatch_config_last_reload_successful") == 1, 10, "SIGHUP reload")
         text = sw.metrics()
-        assert 'target="first"' not in text and 'stackwatch_probe_timeout_seconds{target="fourth"' in text
-        assert f'\nstackwatch_event_loop_info{{loop="{loop}"}} 1.0\n' in text
+        assert {lab["target"] for _, lab, _ in samples(text) if "target" in lab} == {"fourth"}
+        assert metric(text, "stackwatch_event_loop_info", loop=loop) == 1
         assert http_get(sw.base + "/-/reload")[0] == 405
     finally:
         sw.stop()
 
 
 def _runs(sw: Stackwatch, target: str) -> int:
-    total = 0
-    for line in sw.metrics().splitlines():
-        if line.startswith(f'stackwatch_probes_total{{target="{target}"'):
-            total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+    return int(sum(v for _, v in find(sw.metrics(), "stackwatch_probes_total", target=target)))

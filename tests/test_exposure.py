@@ -19,6 +19,7 @@ import bcrypt
 import pytest
 from harness import Stackwatch, http_get, wait_until
 from targets import free_port
+from expo import find, value as metric
 
 PASSWORD = "correct horse battery staple"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
@@ -34,8 +35,7 @@ targets:
 
 
 def runs(text: str, target: str, result: str) -> int:
-    prefix = f'stackwatch_probes_total{{target="{target}",kind="http",result="{result}"}} '
-    return next((int(float(line[len(prefix):])) for line in text.splitlines() if line.startswith(prefix)), 0)
+    return int(metric(text, "stackwatch_probes_total", target=target, kind="http", result=result) or 0)
 
 
 def auth(user: str, password: str) -> dict[str, str]:
@@ -82,10 +82,10 @@ basic_auth_users:
         assert client.get(https + "/metrics", auth("prometheus", "wrong"))[0] == 401
         assert client.get(https + "/metrics", auth("nobody", PASSWORD))[0] == 401
         assert client.get(https + "/metrics", {"Authorization": "Basic !!notbase64"})[0] == 401
-        wait_until(lambda: b"stackwatch_probe_success{" in client.get(https + "/metrics", auth("prometheus", PASSWORD))[2],
+        wait_until(lambda: find(client.get(https + "/metrics", auth("prometheus", PASSWORD))[2], "stackwatch_probe_success"),
                    10, "first probe")
         status, headers, body = client.get(https + "/metrics", auth("prometheus", PASSWORD))
-        assert status == 200 and b"stackwatch_probe_success{" in body
+        assert status == 200 and find(body, "stackwatch_probe_success")
         assert headers["X-Frame-Options"] == "deny"
         # The cached check answers the second scrape without another bcrypt run.
         started = time.monotonic()
@@ -192,13 +192,10 @@ def test_idle_and_slow_connections_cannot_starve_probes(servers, tmp_path):
         assert time.monotonic() - started < 4
         time.sleep(2.5)  # past the head timeout: the silent and slow ones are gone
         text = sw.metrics()
-        open_now = next(float(line.split()[-1]) for line in text.splitlines()
-                        if line.startswith("stackwatch_http_connections_open "))
+        open_now = metric(text, "stackwatch_http_connections_open")
         assert open_now <= 3  # this scrape's own connection, perhaps a lingering one
-        refused = next(float(line.split()[-1]) for line in text.splitlines()
-                       if line.startswith("stackwatch_http_connections_refused_total "))
-        timeouts = next(float(line.split()[-1]) for line in text.splitlines()
-                        if line.startswith("stackwatch_http_header_timeouts_total "))
+        refused = metric(text, "stackwatch_http_connections_refused_total")
+        timeouts = metric(text, "stackwatch_http_header_timeouts_total")
         assert refused + timeouts >= 390
         for name in ["healthy", *(f"h{i}" for i in range(20))]:
             assert runs(text, name, "failure") == runs(before, name, "failure"), name

@@ -18,10 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from fake_algod import ADMIN, FakeAlgorand, healthy_state
+from fake_algod import ADMIN, fake_algod, healthy_state
 from harness import Stackwatch, http_get, wait_until
 from targets import LoopThread, free_port
 from test_consistency_probe import MODELS_SQL, make_models_db
+from expo import find, value as metric
 
 TOKEN = "a" * 64
 DURATION = 8.0
@@ -100,10 +101,8 @@ def hostile():
 
 @pytest.fixture(scope="module")
 def algod():
-    a = FakeAlgorand(TOKEN)
-    a.reset(healthy_state(TOKEN))
-    yield a
-    a.close()
+    with fake_algod(TOKEN, healthy_state) as a:
+        yield a
 
 
 HEALTHY = ["web", "api", "db", "counts", "chain"]
@@ -161,21 +160,14 @@ def hostile_targets(servers, hostile: Hostile) -> str:
 
 def counts(text: str) -> dict[str, tuple[int, int]]:
     out: dict[str, list[int]] = {}
-    for line in text.splitlines():
-        if line.startswith("stackwatch_probes_total{"):
-            target = line.split('target="', 1)[1].split('"', 1)[0]
-            value = int(float(line.rsplit(" ", 1)[1]))
-            pair = out.setdefault(target, [0, 0])
-            pair[0 if 'result="success"' in line else 1] += value
+    for labels, value in find(text, "stackwatch_probes_total"):
+        pair = out.setdefault(labels["target"], [0, 0])
+        pair[0 if labels["result"] == "success" else 1] += int(value)
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 def lag_p99(text: str) -> float:
-    buckets = []
-    for line in text.splitlines():
-        if line.startswith("stackwatch_scheduler_lag_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    buckets = sorted((float(labels["le"]), n) for labels, n in find(text, "stackwatch_scheduler_lag_seconds_bucket"))
     total = buckets[-1][1]
     return next(le for le, n in buckets if n >= 0.99 * total)
 
@@ -280,12 +272,11 @@ def test_probe_joins_the_run_in_flight_and_respects_the_kind_bound(tmp_path):
                 t.start()
             for t in threads:
                 t.join()
-        assert all(s == 200 and b"stackwatch_probe_success" in b and b'} 1\n' in b for s, b in results), results[:2]
+        assert all(s == 200 and [v for _, v in find(b, "stackwatch_probe_success")] == [1] for s, b in results), results[:2]
         text = sw.metrics()
-        joined = next(float(line.split()[-1]) for line in text.splitlines()
-                      if line.startswith("stackwatch_probe_requests_joined_total "))
+        joined = metric(text, "stackwatch_probe_requests_joined_total")
         assert joined >= 10  # 4 callers at once: at most one runs, the others join it
-        assert 'stackwatch_probes_total{target="slow-db",kind="sql",result="failure"} 0' in text
+        assert metric(text, "stackwatch_probes_total", target="slow-db", kind="sql", result="failure") == 0
     finally:
         sw.stop()
 
@@ -314,6 +305,6 @@ def test_reload_spam_keeps_unchanged_targets_on_schedule(servers, algod, tmp_pat
             # restart its phase and, with changed identity, lose runs)
             assert ran >= 0.7 * took / 0.5, (name, ran, reloads)
         assert reloads >= 20
-        assert "\nstackwatch_config_last_reload_successful 1.0\n" in sw.metrics()
+        assert metric(sw.metrics(), "stackwatch_config_last_reload_successful") == 1
     finally:
         sw.stop()

@@ -26,20 +26,20 @@ from stackwatch.probes.heartbeat import HeartbeatTarget, Row, evaluate
 from stackwatch.state import StateStore, StoreError
 from test_auth import FAST, PASSWORD, basic
 from test_exposure import runs
+from expo import Samples, find, parse, value as metric
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 ENV = {"HB_TOKEN": TOKEN}
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def sample(text: str, name: str, target: str) -> float | None:
-    prefix = f'{name}{{target="{target}",kind="heartbeat"}} '
-    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+def sample(text: str | Samples, name: str, target: str) -> float | None:
+    return metric(text, name, target=target, kind="heartbeat")
 
 
-def reason(text: str, target: str) -> str | None:
-    prefix = f'stackwatch_probe_failure_reason{{target="{target}",kind="heartbeat",reason="'
-    return next((line[len(prefix):].split('"')[0] for line in text.splitlines() if line.startswith(prefix)), None)
+def reason(text: str | Samples, target: str) -> str | None:
+    found = find(text, "stackwatch_probe_failure_reason", target=target, kind="heartbeat")
+    return found[0][0]["reason"] if found else None
 
 
 def push(base: str, path: str, token: str | None = TOKEN, body: bytes = b"", headers: dict[str, str] | None = None,
@@ -252,10 +252,11 @@ def test_thousand_checks_none_of_the_acknowledged_pushes_lost(servers, tmp_path,
     try:
         def all_counted() -> str | None:
             text = again.metrics()
-            return text if all(sample(text, "stackwatch_heartbeat_runs_total", f"job-{i}") is not None
-                               for i in range(n)) else None
-        text = wait_until(all_counted, 30, "every check probed after the restart", interval=1)
-        lost = [i for i in range(n) if sample(text, "stackwatch_heartbeat_runs_total", f"job-{i}") != acked[i]]
+            parsed = parse(text)  # once: 1,000 look-ups follow
+            return parsed if all(sample(parsed, "stackwatch_heartbeat_runs_total", f"job-{i}") is not None
+                                 for i in range(n)) else None
+        parsed = wait_until(all_counted, 30, "every check probed after the restart", interval=1)
+        lost = [i for i in range(n) if sample(parsed, "stackwatch_heartbeat_runs_total", f"job-{i}") != acked[i]]
         assert not lost, f"{len(lost)} checks lost pushes, e.g. job-{lost[0]}"
     finally:
         again.stop()
@@ -358,11 +359,10 @@ def test_stuck_source_timing_survives_a_restart(servers, tmp_path):
       - {{name: database, file: {{path: "{other}", fields: {{total: $.total}}}}}}
 """)
     store = ["--storage.path", str(tmp_path / "state.db")]
-    changed = 'stackwatch_consistency_value_last_change_timestamp_seconds{target="models",kind="consistency",source="fallback",field="total"} '
-
     def first_change(sw: Stackwatch) -> float:
-        return wait_until(lambda: next((float(line[len(changed):]) for line in sw.metrics().splitlines()
-                                        if line.startswith(changed)), None), 15, "the last-change timestamp")
+        return wait_until(lambda: metric(sw.metrics(), "stackwatch_consistency_value_last_change_timestamp_seconds",
+                                         target="models", source="fallback", field="total"),
+                          15, "the last-change timestamp")
 
     sw = Stackwatch(cfg, tmp_path, extra=store)
     try:

@@ -22,6 +22,7 @@ from harness import Stackwatch, http_get, wait_until
 from stackwatch import bundle
 from targets import free_port
 from test_alerting import Alertmanager
+from expo import find
 
 PAGE_DEADLINE = 10.0
 """A page waits at most 1.5 s for a remote (statuspage.WAIT); 10 s leaves a loaded machine room."""
@@ -62,11 +63,7 @@ def timed_get(url: str) -> tuple[int, bytes, float]:
 
 
 def probe_runs(sw: Stackwatch, target: str) -> float:
-    total = 0.0
-    for line in sw.metrics().splitlines():
-        if line.startswith("stackwatch_probes_total{") and f'target="{target}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sum(v for _, v in find(sw.metrics(), "stackwatch_probes_total", target=target))
 
 
 @pytest.mark.parametrize("mode", list(WHY))

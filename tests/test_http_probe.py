@@ -9,6 +9,7 @@ import pytest
 from probing import close_clients, run_probe
 from stackwatch.series import render_result
 from stackwatch.kinds import parse_config
+from expo import value as metric
 
 
 def target(servers, **fields):
@@ -172,7 +173,7 @@ targets:
 """).targets[0]
     r = await probe(t)
     text = "".join(render_result(t, r).values())
-    assert 'stackwatch_probe_success{target="web",kind="http",env="prod",team="pam"} 1\n' in text
+    assert metric(text, "stackwatch_probe_success", target="web", kind="http", env="prod", team="pam") == 1
     assert "127.0.0.1" not in text  # no URL in any label
 
 

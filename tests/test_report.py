@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from fake_algod import ADMIN, PAM_ASSET, fake_algod, seed_000_state
 from harness import Prometheus, Stackwatch, backfilled_tsdb, stackwatch_scrape
 from receivers import Receivers
 from stackwatch import bundle
@@ -24,8 +24,12 @@ TOKEN = "d" * 64
 @pytest.fixture(scope="module")
 def live(servers, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    algod = FakeAlgorand(TOKEN)
-    algod.reset(seed_000_state(TOKEN))
+    with contextlib.ExitStack() as running:  # stops what started, even when a later start fails
+        algod = running.enter_context(fake_algod(TOKEN, seed_000_state))
+        yield from _live(servers, tmp, algod, running)
+
+
+def _live(servers, tmp, algod, running):
     cfg = tmp / "report.yml"
     cfg.write_text(f"""defaults: {{interval: 500ms, timeout: 400ms}}
 targets:
@@ -39,17 +43,15 @@ targets:
     accounts: [{{alias: admin, address: {ADMIN}, min_balance_algo: 1}}]
     assets: [{{alias: token, id: {PAM_ASSET}, creator: {ADMIN}}}]
 """)
-    with contextlib.ExitStack() as running:  # stops what started, even when a later start fails
-        running.callback(algod.close)
-        sw = Stackwatch(cfg, tmp, env={"REPORT_ALGOD_TOKEN": TOKEN})
-        running.callback(sw.stop)
-        rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
-                 str(bundle.scaled_alert_rules(tmp / "alerts.yml", divisor=30))]
-        prom = Prometheus(tmp, [stackwatch_scrape(sw)], rule_files=rules)
-        running.callback(prom.stop)
-        prom.wait_for('ALERTS{alertname="StackwatchTargetDown",alertstate="firing",target="api"}', timeout=60)
-        time.sleep(3)
-        yield prom
+    sw = Stackwatch(cfg, tmp, env={"REPORT_ALGOD_TOKEN": TOKEN})
+    running.callback(sw.stop)
+    rules = [str(ROOT / "prometheus" / "rules" / "stackwatch-recording.yml"),
+             str(bundle.scaled_alert_rules(tmp / "alerts.yml", divisor=30))]
+    prom = Prometheus(tmp, [stackwatch_scrape(sw)], rule_files=rules)
+    running.callback(prom.stop)
+    prom.wait_for('ALERTS{alertname="StackwatchTargetDown",alertstate="firing",target="api"}', timeout=60)
+    time.sleep(3)
+    yield prom
 
 
 def report(prom: Prometheus, *args: str) -> str:

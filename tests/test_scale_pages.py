@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 from harness import Stackwatch, http_get, wait_until
+from expo import find
 
 TARGETS = 5000
 
@@ -51,7 +52,7 @@ def test_callers_of_pages_and_api_cannot_stall_the_exporter(servers, tmp_path):
             stop.wait(0.05)
 
     try:
-        wait_until(lambda: "stackwatch_probe_success{target=\"t4999\"" in sw.metrics(), 60, "every target probed")
+        wait_until(lambda: find(sw.metrics(), "stackwatch_probe_success", target="t4999"), 60, "every target probed")
         web_before = sum(float(line.rsplit(" ", 1)[1]) for line in sw.metrics().splitlines()
                          if line.startswith('stackwatch_probes_total{target="web"'))
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(40)] + [threading.Thread(target=watch)]

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from probing import run_probe
 from stackwatch.series import render_result
 from stackwatch.kinds import parse_config
+from expo import find, value as metric
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MARIA = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -75,11 +76,11 @@ def lines(t, r) -> str:
     return "".join(render_result(t, r).values())
 
 
-def value(t, r, needle: str) -> float:
-    for line in lines(t, r).splitlines():
-        if line.startswith(needle):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no series starting with {needle}:\n{lines(t, r)}")
+def value(t, r, name: str) -> float:
+    """The target's one sample of ``name`` (a trailing "{" is ignored), parsed from its lines."""
+    found = metric(lines(t, r), name.rstrip("{"), target=t.name)
+    assert found is not None, f"no sample {name}:\n{lines(t, r)}"
+    return found
 
 
 # ------------------------------------------------------------------ reachability
@@ -94,9 +95,9 @@ async def test_postgres_up_with_server_info_and_saturation(pg_admin):
         max_conn = int(c.exec_driver_sql("SHOW max_connections").scalar())
         reserved = int(c.exec_driver_sql("SHOW superuser_reserved_connections").scalar())
         version = c.dialect.server_version_info
-    assert 'stackwatch_sql_up{target="db",kind="sql"} 1\n' in text
-    assert (f'stackwatch_sql_server_info{{target="db",kind="sql",dialect="postgresql",driver="psycopg",'
-            f'version="{".".join(map(str, version))}"}} 1\n') in text
+    assert metric(text, "stackwatch_sql_up", target="db", kind="sql") == 1
+    assert metric(text, "stackwatch_sql_server_info", target="db", kind="sql", dialect="postgresql", driver="psycopg",
+                  version=".".join(map(str, version))) == 1
     assert value(t, r, "stackwatch_sql_server_max_connections{") == max_conn - reserved
     used = value(t, r, "stackwatch_sql_server_connections{")
     assert 1 <= used < max_conn
@@ -124,7 +125,7 @@ async def test_mariadb_up_with_saturation(maria_admin):
     with maria_admin.connect() as c:
         max_conn = int(c.exec_driver_sql("SELECT @@max_connections").scalar())
     assert value(t, r, "stackwatch_sql_server_max_connections{") == max_conn
-    assert 'dialect="mariadb",driver="pymysql"' in lines(t, r)
+    assert metric(lines(t, r), "stackwatch_sql_server_info", dialect="mariadb", driver="pymysql") == 1
 
 
 async def test_down_server_is_refused():
@@ -182,7 +183,7 @@ async def test_not_configured_is_reported_not_skipped(url, why):
     r = await run_probe(t)
     assert (r.success, r.reason.value) == (False, "not_configured")
     assert why in r.message
-    assert 'stackwatch_sql_configured{target="db",kind="sql"} 0\n' in lines(t, r)
+    assert metric(lines(t, r), "stackwatch_sql_configured", target="db", kind="sql") == 0
 
 
 async def test_silent_listener_ends_at_the_deadline():
@@ -228,9 +229,9 @@ async def test_sqlite_queries_and_schema(tmp_path):
     r = await run_probe(t)
     assert r.success, r.message
     text = lines(t, r)
-    assert 'stackwatch_aigo_models{target="db",kind="sql",status="active"} 2\n' in text
-    assert 'stackwatch_sql_schema_ok{target="db",kind="sql"} 1\n' in text
-    assert 'stackwatch_sql_server_info{target="db",kind="sql",dialect="sqlite"' in text
+    assert metric(text, "stackwatch_aigo_models", target="db", kind="sql", status="active") == 2
+    assert metric(text, "stackwatch_sql_schema_ok", target="db", kind="sql") == 1
+    assert [lab["dialect"] for lab, _ in find(text, "stackwatch_sql_server_info", target="db")] == ["sqlite"]
 
 
 # ------------------------------------------------------------------ schema (seed 004)
@@ -256,15 +257,15 @@ async def test_missing_strategy_type_column_fails_with_schema(pg_admin, pg_schem
     assert (r.success, r.reason.value) == (False, "schema")
     assert r.message == "column strategies.strategy_type is missing; table trades is missing"
     text = lines(pg, r)
-    assert 'stackwatch_sql_schema_column_present{target="db",kind="sql",table="strategies",column="strategy_type"} 0\n' in text
-    assert 'stackwatch_sql_schema_column_present{target="db",kind="sql",table="strategies",column="name"} 1\n' in text
-    assert 'stackwatch_sql_schema_index_present{target="db",kind="sql",table="strategies",index="ix_strategies_name"} 1\n' in text
-    assert 'stackwatch_sql_schema_table_present{target="db",kind="sql",table="trades"} 0\n' in text
-    assert 'stackwatch_sql_schema_ok{target="db",kind="sql"} 0\n' in text
+    assert metric(text, "stackwatch_sql_schema_column_present", target="db", kind="sql", table="strategies", column="strategy_type") == 0
+    assert metric(text, "stackwatch_sql_schema_column_present", target="db", kind="sql", table="strategies", column="name") == 1
+    assert metric(text, "stackwatch_sql_schema_index_present", target="db", kind="sql", table="strategies", index="ix_strategies_name") == 1
+    assert metric(text, "stackwatch_sql_schema_table_present", target="db", kind="sql", table="trades") == 0
+    assert metric(text, "stackwatch_sql_schema_ok", target="db", kind="sql") == 0
     maria = sql_target(f"    url: {MARIA}\n" + expectations.format(schema=maria_db).replace("        - name: trades\n", ""))
     r = await run_probe(maria)
     assert r.success, r.message
-    assert 'column="strategy_type"} 1\n' in lines(maria, r)
+    assert metric(lines(maria, r), "stackwatch_sql_schema_column_present", column="strategy_type") == 1
 
 
 async def test_column_type_mismatch(pg_admin, pg_schema):
@@ -313,18 +314,18 @@ async def test_alembic_never_migrated_behind_and_at_head(pg_admin, pg_schema, tm
 """)
     r = await run_probe(t)
     assert (r.reason.value, r.message) == ("migration", "never migrated: no alembic_version table")
-    assert 'stackwatch_sql_migration_version_table_present{target="db",kind="sql"} 0\n' in lines(t, r)
+    assert metric(lines(t, r), "stackwatch_sql_migration_version_table_present", target="db", kind="sql") == 0
 
     command.upgrade(cfg, "doc25_001")  # behind head
     r = await run_probe(t)
     assert (r.reason.value, r.message) == ("migration", "at Alembic revision doc25_001, expected doc25_002")
-    assert 'stackwatch_sql_migration_revision_info{target="db",kind="sql",revision="doc25_001"} 1\n' in lines(t, r)
-    assert 'stackwatch_sql_migration_at_expected_head{target="db",kind="sql"} 0\n' in lines(t, r)
+    assert metric(lines(t, r), "stackwatch_sql_migration_revision_info", target="db", kind="sql", revision="doc25_001") == 1
+    assert metric(lines(t, r), "stackwatch_sql_migration_at_expected_head", target="db", kind="sql") == 0
 
     command.upgrade(cfg, "head")
     r = await run_probe(t)
     assert r.success, r.message
-    assert 'stackwatch_sql_migration_at_expected_head{target="db",kind="sql"} 1\n' in lines(t, r)
+    assert metric(lines(t, r), "stackwatch_sql_migration_at_expected_head", target="db", kind="sql") == 1
 
     # Two rows in alembic_version: branched heads, fails "any single head" too.
     with pg_admin.connect() as c:
@@ -332,7 +333,7 @@ async def test_alembic_never_migrated_behind_and_at_head(pg_admin, pg_schema, tm
     t_any = sql_target(f"    url: {PG}\n    schema: {{schema: {pg_schema}}}\n    migrations: {{}}\n")
     r = await run_probe(t_any)
     assert (r.reason.value, r.message) == ("migration", "expected one Alembic head, found 2: doc25_002, other_branch")
-    assert 'stackwatch_sql_migration_heads{target="db",kind="sql"} 2\n' in lines(t_any, r)
+    assert metric(lines(t_any, r), "stackwatch_sql_migration_heads", target="db", kind="sql") == 2
 
 
 # ------------------------------------------------------------------ custom queries (seeds 000, 001)
@@ -380,8 +381,8 @@ async def test_custom_queries_with_labels_values_and_min_interval(pg_admin, pg_s
         c.exec_driver_sql(f"UPDATE {pg_schema}.users SET eco_points = 0")
     r = await run_probe(t)
     text = lines(t, r)
-    assert 'stackwatch_pamtalk_eco_points{target="db",kind="sql"} 4240\n' in text  # cached, min_interval 1h
-    assert 'stackwatch_sql_query_cached{target="db",kind="sql",query="eco_points"} 1\n' in text
+    assert metric(text, "stackwatch_pamtalk_eco_points", target="db", kind="sql") == 4240  # cached, min_interval 1h
+    assert metric(text, "stackwatch_sql_query_cached", target="db", kind="sql", query="eco_points") == 1
 
 
 async def test_broken_query_fails_with_query_error_and_others_still_export(pg_admin, pg_schema):
@@ -396,8 +397,8 @@ async def test_broken_query_fails_with_query_error_and_others_still_export(pg_ad
     assert r.message.startswith("query broken: query_error: relation")
     assert "query text_value: column v holds str 'abc', not a number" in r.message
     text = lines(t, r)
-    assert 'stackwatch_db_ok{target="db",kind="sql"} 7\n' in text
-    assert 'stackwatch_sql_query_success{target="db",kind="sql",query="broken"} 0\n' in text
+    assert metric(text, "stackwatch_db_ok", target="db", kind="sql") == 7
+    assert metric(text, "stackwatch_sql_query_success", target="db", kind="sql", query="broken") == 0
 
 
 # ------------------------------------------------------------------ deadlines that hold

@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, seed_000_state
+from fake_algod import ADMIN, PAM_ASSET, FakeAlgorand, fake_algod, seed_000_state
 from harness import Prometheus, Stackwatch, backfilled_tsdb, http_get, stackwatch_scrape, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +32,8 @@ def check(doc: object, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def algod():
-    a = FakeAlgorand(TOKEN)
-    a.reset(seed_000_state(TOKEN))
-    yield a
-    a.close()
+    with fake_algod(TOKEN, seed_000_state) as a:
+        yield a
 
 
 def config(tmp: Path, servers, algod: FakeAlgorand) -> Path:

@@ -19,9 +19,10 @@ import asyncio
 import logging
 import re
 import resource
+import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,3 +207,23 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
             lp.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def until_stopped(reload: Callable[[], Awaitable[Any]]) -> asyncio.Event:
+    """The serving process's signals, as Prometheus' own daemons have them: SIGHUP runs
+    ``reload()`` (each in a task kept until it ends), SIGTERM and SIGINT set the returned event,
+    which the caller waits on before shutting down."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    running: set[asyncio.Task[Any]] = set()
+
+    def sighup() -> None:
+        task = loop.create_task(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, sighup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    return stop
+

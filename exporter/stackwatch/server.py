@@ -14,7 +14,6 @@ import html
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +27,7 @@ from stackwatch.config import masked_dump
 from stackwatch.cooperative import Slicer
 from stackwatch.durations import human_duration
 from stackwatch.exposition import negotiate
-from stackwatch.listener import Limits, listen as open_listener
+from stackwatch.listener import Limits, listen as open_listener, until_stopped
 from stackwatch.probes import heartbeat
 from stackwatch.probes.base import check_words
 from stackwatch.push import routes as push_routes
@@ -470,7 +469,6 @@ async def serve(ex: Exporter, listen: str, enable_lifecycle: bool = False, limit
                            max_field_size=8190)
     await runner.setup()
     host, port = parse_listen(listen)
-    loop = asyncio.get_running_loop()
     ex.web_ssl = ex.web.ssl_context()
     server_factory = runner.server
     assert server_factory is not None
@@ -483,17 +481,7 @@ async def serve(ex: Exporter, listen: str, enable_lifecycle: bool = False, limit
         with contextlib.suppress(OSError):
             os.write(int(ready_fd), b"1")
             os.close(int(ready_fd))
-    stop = asyncio.Event()
-    background: set[asyncio.Task[Any]] = set()
-
-    def sighup() -> None:
-        task = loop.create_task(ex.reload())
-        background.add(task)
-        task.add_done_callback(background.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, sighup)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = until_stopped(ex.reload)
     try:
         await stop.wait()
     finally:

@@ -51,7 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from stackwatch.loader import ConfigError, Problem
-from stackwatch.listener import Limits, Stats, listen
+from stackwatch.listener import Limits, Stats, listen, until_stopped
 from stackwatch.webconfig import BasicAuthChecker, WebConfig, authorize, check_reload, load_web_config
 
 log = logging.getLogger("stackwatch.workers")
@@ -304,7 +304,6 @@ class Supervisor:
 async def supervise(sup: Supervisor, limits: Limits | None = None) -> None:
     """Serve /sd, /metrics and readiness through the exporter's own listener (listener.listen:
     connection cap, head and idle timeouts) and keep the workers running."""
-    loop = asyncio.get_running_loop()
     limits = limits or Limits()
     runner = web.AppRunner(sup.build_app(), access_log=None, handle_signals=False,
                            keepalive_timeout=limits.idle_timeout, max_line_size=8190, max_field_size=8190)
@@ -314,17 +313,7 @@ async def supervise(sup: Supervisor, limits: Limits | None = None) -> None:
     server = await listen(runner.server, sup.host, sup.port, sup._ssl, limits, sup.stats)
     for w in sup.workers:
         w.task = asyncio.create_task(sup._keep_running(w))
-    stop = asyncio.Event()
-    reloads: set[asyncio.Task[None]] = set()
-
-    def sighup() -> None:
-        task = loop.create_task(sup.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, sighup)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    stop = until_stopped(sup.reload)
     log.info("supervisor listening", extra={"address": f"{sup.host}:{sup.port}", "workers": len(sup.workers)})
     try:
         await stop.wait()
