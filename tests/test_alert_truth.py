@@ -155,15 +155,15 @@ def firing_pairs(receivers: Receivers) -> Counter[tuple[str, str]]:
 
 def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
     require_binary("prometheus")
-    started = contextlib.ExitStack()  # everything below is stopped even when a later start fails
-    with started:
-        algod = started.enter_context(fake_algod(TOKEN, seed_000_state))
-        node = started.enter_context(fake_algod(TOKEN, node_runner))
+    helpers = contextlib.ExitStack()  # everything below is stopped even when a later start fails
+    with helpers:
+        algod = helpers.enter_context(fake_algod(TOKEN, seed_000_state))
+        node = helpers.enter_context(fake_algod(TOKEN, node_runner))
         checkout = Checkout()
-        started.callback(checkout.close)
+        helpers.callback(checkout.close)
         receivers = Receivers()
-        started.callback(receivers.close)
-        started = started.pop_all()
+        helpers.callback(receivers.close)
+        helpers = helpers.pop_all()
     procs: list[Any] = []
     try:
         am_doc = bundle.scale_alertmanager(
@@ -243,4 +243,4 @@ def test_each_failure_state_pages_once_with_the_right_alert(servers, tmp_path):
     finally:
         for p in reversed(procs):
             p.stop()
-        started.close()
+        helpers.close()
