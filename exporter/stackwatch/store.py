@@ -1,8 +1,9 @@
 """The result store: per target, the last outcome, accumulated counters and latency buckets.
 
-State only: rendering these into exposition lines is :mod:`stackwatch.collector`'s job.  The
-store never changes the results it is given; it keeps a small summary of each (what the
-status page and the JSON API read) and the rendered lines the collector puts beside it.
+State only: rendering these into exposition lines is the ``render`` callback's job (the app
+passes :meth:`stackwatch.series.Lines.render`).  The store never changes the results it is
+given; it keeps a small summary of each (what the status page and the JSON API read) and the
+rendered lines the callback puts beside it.
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ class TargetState:
     """Probes per latency bucket (32 bits: 136 years of a probe a second)."""
     duration_sum: float = 0.0
     blob: bytes = b""
-    """Rendered exposition lines, family after family, written by the collector."""
+    """Rendered exposition lines, family after family, written by series.Lines."""
     offs: array[int] | None = None
     """Where each family's lines start in ``blob`` (and where the last ends)."""
     layout: Any = None
-    """The collector's Layout: which family is at which position of ``offs``."""
+    """The series.Layout: which family is at which position of ``offs``."""
     history: History | None = None
     """Probe history since start (status page without Prometheus); created with the first result."""
     group: int = 0
