@@ -87,6 +87,30 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _start_on_a_port(self, what: str, launch: Callable[[int], None], ready: Callable[[], bool],
+                         timeout: float, port: int | None = None) -> None:
+        """Set ``port``/``base``, ``launch(port)`` (which runs Process.__init__) and wait until
+        ``ready()``.  Without a fixed ``port`` a free one is chosen, and a child that finds it taken
+        by another process before it binds is started again on another (PORT_ATTEMPTS in all)."""
+        for attempt in range(1 if port else PORT_ATTEMPTS):
+            self.port = port or free_port()
+            self.base = f"http://127.0.0.1:{self.port}"
+            launch(self.port)
+
+            def is_ready() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError("exited")
+                return ready()
+
+            try:
+                wait_until(is_ready, timeout, f"{what} ready")
+                return
+            except AssertionError:
+                self.stop()
+                if not port and lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
+                    continue  # another process took the port between choice and bind: choose again
+                raise AssertionError(f"{what} did not start:\n{self.log()}") from None
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -116,32 +140,22 @@ class Stackwatch(Process):
             context = ssl.create_default_context(cafile=str(ca))
             if client_cert:
                 context.load_cert_chain(str(ca.parent / "client.pem"), str(ca.parent / "client-key.pem"))
-        for attempt in range(PORT_ATTEMPTS):
-            self.port = free_port()
-            self.base = f"http://127.0.0.1:{self.port}"
+
+        def launch(port: int) -> None:
             args = list(extra or [])
             if not any(a.startswith("--storage.") for a in args):
                 # each exporter its own state store, unless the test shares one on purpose
-                args += ["--storage.path", str(tmp / f"state-{self.port}.db")]
-            super().__init__([sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
-                              "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "debug", *args],
-                             tmp / f"stackwatch-{self.port}.log", full_env, preexec_fn)
-            ready = f"{scheme}://127.0.0.1:{self.port}{ready_url}"
+                args += ["--storage.path", str(tmp / f"state-{port}.db")]
+            Process.__init__(self, [sys.executable, "-m", "stackwatch", "--config.file", str(config_path),
+                                    "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug", *args],
+                             tmp / f"stackwatch-{port}.log", full_env, preexec_fn)
 
-            def is_ready() -> bool:
-                if self.proc.poll() is not None:
-                    raise AssertionError("exited")
-                with urllib.request.urlopen(ready, timeout=5, context=context) as resp:
-                    return resp.status == 200
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}{ready_url}", timeout=5,
+                                        context=context) as resp:
+                return resp.status == 200
 
-            try:
-                wait_until(is_ready, 20, f"stackwatch {ready_url}")
-                return
-            except AssertionError:
-                self.stop()
-                if lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
-                    continue  # another process took the port between choice and bind: choose again
-                raise AssertionError(f"stackwatch did not start:\n{self.log()}") from None
+        self._start_on_a_port("stackwatch", launch, ready, 20)
 
     def metrics(self) -> str:
         return http_get(self.base + "/metrics")[2].decode()
@@ -154,10 +168,9 @@ class Prometheus(Process):
                  alertmanagers: list[str] | None = None, evaluation_interval: str = "1s",
                  scrape_interval: str = "1s", extra_args: list[str] | None = None, data_dir: Path | None = None):
         binary = require_binary("prometheus")
-        for attempt in range(PORT_ATTEMPTS):
-            self.port = free_port()
-            self.base = f"http://127.0.0.1:{self.port}"
-            self.dir = tmp / f"prometheus-{self.port}"
+
+        def launch(port: int) -> None:
+            self.dir = tmp / f"prometheus-{port}"
             self.dir.mkdir()
             data = data_dir or self.dir / "data"  # data_dir: a TSDB filled beforehand (promtool backfill)
             config: dict[str, Any] = {
@@ -170,24 +183,12 @@ class Prometheus(Process):
             if alertmanagers:
                 config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]}
             (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
-            super().__init__([binary, f"--config.file={self.dir / 'prometheus.yml'}",
-                              f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{self.port}",
-                              "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
+            Process.__init__(self, [binary, f"--config.file={self.dir / 'prometheus.yml'}",
+                                    f"--storage.tsdb.path={data}", f"--web.listen-address=127.0.0.1:{port}",
+                                    "--web.enable-lifecycle", "--log.level=warn", *(extra_args or [])],
                              self.dir / "prometheus.log")
 
-            def is_ready() -> bool:
-                if self.proc.poll() is not None:
-                    raise AssertionError("exited")
-                return http_get(self.base + "/-/ready")[0] == 200
-
-            try:
-                wait_until(is_ready, 30, "prometheus /-/ready")
-                return
-            except AssertionError:
-                self.stop()
-                if lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
-                    continue
-                raise AssertionError(f"prometheus did not start:\n{self.log()}") from None
+        self._start_on_a_port("prometheus", launch, lambda: http_get(self.base + "/-/ready")[0] == 200, 30)
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.base}/api/v1/{path}?{urllib.parse.urlencode(params)}"

@@ -13,19 +13,17 @@ from typing import Any
 import pytest
 import yaml
 from harness import (
-    PORT_ATTEMPTS,
     Process,
     Prometheus,
     Stackwatch,
     http_get,
-    lost_port,
     require_binary,
     stackwatch_scrape,
     wait_until,
 )
 from receivers import Receivers, dump
 from stackwatch import bundle
-from targets import FLAKY_MODE, free_port
+from targets import FLAKY_MODE
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "rules"
@@ -194,26 +192,12 @@ def test_one_notification_lists_each_condition_of_a_target(tmp_path):
 
 class Alertmanager(Process):
     def __init__(self, tmp: Path, config: Path, port: int | None = None):
-        for attempt in range(1 if port else PORT_ATTEMPTS):
-            self.port = port or free_port()
-            self.base = f"http://127.0.0.1:{self.port}"
-            super().__init__([require_binary("prometheus-alertmanager"), f"--config.file={config}",
-                              f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                              "--cluster.listen-address=", "--log.level=warn"], tmp / "alertmanager.log")
+        def launch(port: int) -> None:
+            Process.__init__(self, [require_binary("prometheus-alertmanager"), f"--config.file={config}",
+                                    f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                    "--cluster.listen-address=", "--log.level=warn"], tmp / "alertmanager.log")
 
-            def is_ready() -> bool:
-                if self.proc.poll() is not None:
-                    raise AssertionError("exited")
-                return http_get(self.base + "/-/ready")[0] == 200
-
-            try:
-                wait_until(is_ready, 30, "alertmanager /-/ready")
-                return
-            except AssertionError:
-                self.stop()
-                if not port and lost_port(self.log()) and attempt + 1 < PORT_ATTEMPTS:
-                    continue  # the chosen port was taken before Alertmanager bound it: choose again
-                raise AssertionError(f"alertmanager did not start:\n{self.log()}") from None
+        self._start_on_a_port("alertmanager", launch, lambda: http_get(self.base + "/-/ready")[0] == 200, 30, port)
 
     def alerts(self) -> list[dict[str, Any]]:
         return json.loads(http_get(self.base + "/api/v2/alerts")[2])

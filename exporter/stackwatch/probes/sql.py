@@ -388,13 +388,10 @@ def _probe_sync(t: SQLTarget, state: SQLState, deadline: float, log: list[str],
 
 
 async def probe_sql(t: SQLTarget, ctx: ProbeContext) -> ProbeResult:
-    if not t.configured:
+    if t.not_configured is not None:
         ctx.sample(CONFIGURED, 0)
         ctx.sample(UP, 0)
-        try:
-            t.parsed
-        except ProbeFailure as exc:
-            return ctx.failure(exc.reason, exc.message)
+        return ctx.failure(Reason.NOT_CONFIGURED, t.not_configured)
     ctx.sample(CONFIGURED, 1)
     state: SQLState = ctx.state
     return await run_blocking(ctx, state.runner, lambda deadline, log, out: _probe_sync(t, state, deadline, log, out))

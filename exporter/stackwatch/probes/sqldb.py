@@ -147,14 +147,15 @@ class SQLConnection(Model):
         return self
 
     @property
-    def configured(self) -> bool:
-        return self._parsed is not None
+    def not_configured(self) -> str | None:
+        """Why the URL cannot be used, as the probe reports it; None when it can."""
+        return None if self._parsed is not None else f"the database is not configured: {self._parse_error}"
 
     @property
     def parsed(self) -> ParsedURL:
         """The parsed URL; ProbeFailure(not_configured) naming the problem when it cannot be used."""
         if self._parsed is None:
-            raise ProbeFailure(Reason.NOT_CONFIGURED, f"the database is not configured: {self._parse_error}")
+            raise ProbeFailure(Reason.NOT_CONFIGURED, self.not_configured or "")
         return self._parsed
 
     def url_secrets(self) -> list[str]:
