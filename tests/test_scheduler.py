@@ -71,7 +71,7 @@ async def run_probe(target):
 
 
 def new_store():
-    return Store(base_labels, Lines().render)
+    return Store(base_labels, Lines().keep)
 
 
 def new_scheduler(on_result, settings):

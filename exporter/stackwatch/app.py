@@ -75,8 +75,8 @@ class Exporter:
         self.pusher = Pusher(self.state_store, getattr(heartbeats, "remember", None))
         self.pusher.set_checks(self._heartbeats(config))
         self.lines = Lines()
-        self.store = Store(base_labels, self.lines.render)
-        """Every target's latest outcome, counters and history; rendered into lines on change."""
+        self.store = Store(base_labels, self.lines.keep)
+        """Every target's latest outcome, counters and history; its samples kept by Lines.keep."""
         self.collector = Collector(self.store, self.lines)
         self.scheduler: Scheduler | None = None
         self.gc_pauses = GCPauses()

@@ -1,4 +1,4 @@
-"""The /metrics body: every target's pre-rendered lines (stackwatch.series) joined per family,
+"""The /metrics body: every target's lines (rendered by stackwatch.series) joined per family,
 cached per format until a result changes it, gzipped as members per (family, phase group) that
 are rebuilt only where results changed; stackwatch's own series appended fresh per scrape.
 """
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from stackwatch.exposition import Format, header
 from stackwatch.probes.base import Family
 from stackwatch.series import Lines
-from stackwatch.store import Store, TargetState
+from stackwatch.store import Store
 
 
 class Collector:
-    """Serves cached /metrics bodies joined from the targets' rendered lines (stackwatch.series).
+    """Serves cached /metrics bodies joined from the targets' lines (stackwatch.series).
 
     Bodies: one cache per (format, gzip) that was asked for, each
     dropped when nobody asked for it in :data:`UNUSED_AFTER` seconds; a gzip body is compressed as
@@ -34,8 +34,8 @@ class Collector:
         self._rebuilding: dict[tuple[bool, bool], asyncio.Task[_Body]] = {}
         self._locks: dict[tuple[bool, bool], asyncio.Lock] = {}
         self._zipper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stackwatch-gzip")
-        self._members: dict[tuple[str, int], tuple[int, bytes]] = {}
-        """(family, phase group) -> (group version, gzip member of those lines; b"" if none)."""
+        self._members: dict[int, tuple[int, dict[str, bytes]]] = {}
+        """phase group -> (group version, family -> gzip member of the group's lines of it)."""
         self._members_generation = -1
         self._headers: dict[tuple[str, str, str, bool], bytes] = {}
         self._last_scrape: dict[tuple[bool, bool], float] = {}
@@ -50,13 +50,14 @@ class Collector:
     async def _build(self, openmetrics: bool, compress: bool) -> _Body:
         """Every target's series, grouped by family; gzipped when ``compress``.
 
-        Gzipped, the body is a run of gzip members, one per (family, phase group of ~200
-        targets), kept between builds: a build re-renders and recompresses only the groups that
-        got a result since the member was made.  Targets of a group are probed at about the same
-        moment of their interval, so with a scrape every 2 s and probes every 15 s a build redoes
-        ~15 % of the body.  Compression runs in the collector's own thread.  The plain body is
-        joined whole (it is asked for rarely: curl, tests), family by family, yielding between
-        slices, so a build never stalls running probes for more than a few ms.
+        The body is a run of gzip members, one per (family, phase group of ~200 targets), kept
+        between builds: a build renders and recompresses only the groups that got a result since
+        their members were made.  Targets of a group are probed at about the same moment of
+        their interval, so with a scrape every 2 s and probes every 15 s a build redoes ~15 % of
+        the body, and a target is rendered about once per result (never when nobody scrapes).
+        Rendering runs on the event loop in slices of RENDER_SLICE targets; compression in the
+        collector's own thread.  The plain body (asked for rarely: curl, tests) is the same
+        members decompressed in that thread, so no rendered copy of the lines is kept anywhere.
         """
         for _ in range(3):
             generation = self.store.generation
@@ -69,60 +70,68 @@ class Collector:
         body.generation = self.store.generation
         return body
 
-    async def _build_once(self, openmetrics: bool, compress: bool) -> _Body:
+    async def _refresh_members(self) -> None:
+        """Render and compress the phase groups that changed since their members were made."""
         store = self.store
-        version = store.version
-        names = self.lines.families_in_use()
-        if not compress:
-            parts: list[bytes] = []
-            for name in names:
-                fam = self.lines.family(name)
-                parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
-                for group in store.groups:
-                    parts.append(_join_family(group, name))
-                    if len(store.states) > 1000:
-                        await asyncio.sleep(0)
-            return _Body(version, time.monotonic(), b"".join(parts))
-
         if self._members_generation != store.generation:
             self._members = {}
             self._members_generation = store.generation
         members = self._members
         versions = list(store.group_versions)
+        groups = store.groups
+        big = len(store.states) > 1000
         loop = asyncio.get_running_loop()
-        batch: list[tuple[tuple[str, int], int, bytes]] = []
+        batch: list[tuple[int, int, dict[str, bytes]]] = []
         size = 0
 
         async def compress_batch() -> None:
             nonlocal batch, size
-            datas = [b[2] for b in batch]
             # zlib releases the GIL: the event loop (and the probes' timestamps) never wait for it
-            packed = await loop.run_in_executor(self._zipper, _gzip_each, datas)
-            for (key, ver, _), data in zip(batch, packed):
-                members[key] = (ver, data)
+            packed = await loop.run_in_executor(self._zipper, _gzip_groups, [b[2] for b in batch])
+            for (g, ver, _), data in zip(batch, packed):
+                members[g] = (ver, data)
             batch, size = [], 0
 
-        # Re-rendered pieces go to the gzip thread in batches as they are made: at most
+        # Rendered groups go to the gzip thread in batches as they are made: at most
         # COMPRESS_CHUNK uncompressed bytes are held at a time, never the whole body.
-        for name in names:
-            for g, group in enumerate(store.groups):
-                held = members.get((name, g))
-                if held is None or held[0] != versions[g]:
-                    data = _join_family(group, name)
-                    batch.append(((name, g), versions[g], data))
-                    size += len(data)
-                    if size >= COMPRESS_CHUNK:
-                        await compress_batch()
-            if len(store.states) > 1000:
-                await asyncio.sleep(0)
+        for g, group in enumerate(groups):
+            held = members.get(g)
+            if held is not None and held[0] == versions[g]:
+                continue
+            texts: dict[str, list[str]] = {}
+            for i in range(0, len(group), RENDER_SLICE):
+                self.lines.render_into(group[i:i + RENDER_SLICE], texts)
+                if big:
+                    await asyncio.sleep(0)
+            data = {name: "".join(parts).encode() for name, parts in texts.items()}
+            batch.append((g, versions[g], data))
+            size += sum(len(d) for d in data.values())
+            if size >= COMPRESS_CHUNK:
+                await compress_batch()
         if batch:
             await compress_batch()
+
+    async def _build_once(self, openmetrics: bool, compress: bool) -> _Body:
+        store = self.store
+        version = store.version
+        await self._refresh_members()
+        # (a reload during the refresh leaves groups without members: _build discards that body)
+        groups = [held[1] for _, held in sorted(self._members.items())]
+        names = self.lines.families_in_use()
+        if not compress:
+            order = [(name, [g.get(name, b"") for g in groups]) for name in names]
+            texts = await asyncio.get_running_loop().run_in_executor(self._zipper, _gunzip_groups, order)
+            parts: list[bytes] = []
+            for name, text in zip(names, texts):
+                fam = self.lines.family(name)
+                parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
+                parts.append(text)
+            return _Body(version, time.monotonic(), b"".join(parts))
         parts = []
         for name in names:
-            fam = self.lines.family(name)
-            parts.append(self._header_member(fam, openmetrics))
-            for g in range(len(store.groups)):
-                data = members[(name, g)][1]
+            parts.append(self._header_member(self.lines.family(name), openmetrics))
+            for g in groups:
+                data = g.get(name)
                 if data:
                     parts.append(data)
         return _Body(version, time.monotonic(), b"".join(parts))
@@ -227,6 +236,9 @@ LARGE = 2000
 STALE_AFTER = 5.0
 COMPRESS_CHUNK = 256 * 1024
 """Uncompressed bytes handed to the gzip thread at a time."""
+RENDER_SLICE = 50
+"""Targets rendered between two yields to the event loop (~1.5 ms: probes' answers are not
+held up behind a build)."""
 UNUSED_AFTER = 60.0
 """A cached body of a format nobody asked for in this long is dropped."""
 
@@ -235,12 +247,11 @@ def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=1, mtime=0)
 
 
-def _gzip_each(datas: list[bytes]) -> list[bytes]:
+def _gzip_groups(groups: list[dict[str, bytes]]) -> list[dict[str, bytes]]:
     # Level 1: 4-5x faster than level 9 for ~12 % more bytes.  Empty input stays empty (no member).
-    return [zlib.compress(d, 1, 16 + zlib.MAX_WBITS) if d else b"" for d in datas]
+    return [{name: zlib.compress(d, 1, 16 + zlib.MAX_WBITS) for name, d in group.items() if d} for group in groups]
 
 
-def _join_family(states: list[TargetState], name: str) -> bytes:
-    """One family's lines of the given targets, in their order."""
-    return b"".join([s.blob[s.offs[j]:s.offs[j + 1]] for s in states
-                     if s.layout is not None and (j := s.layout.index.get(name)) is not None])
+def _gunzip_groups(order: list[tuple[str, list[bytes]]]) -> list[bytes]:
+    """Per family, its groups' members decompressed and joined."""
+    return [b"".join(zlib.decompress(m, 16 + zlib.MAX_WBITS) for m in members if m) for _, members in order]

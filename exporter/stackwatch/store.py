@@ -1,9 +1,9 @@
 """The result store: per target, the last outcome, accumulated counters and latency buckets.
 
-State only: rendering these into exposition lines is the ``render`` callback's job (the app
-passes :meth:`stackwatch.series.Lines.render`).  The store never changes the results it is
-given; it keeps a small summary of each (what the status page and the JSON API read) and the
-rendered lines the callback puts beside it.
+State only: keeping a result's own samples is the ``on_change`` callback's job (the app passes
+:meth:`stackwatch.series.Lines.keep`), rendering them into exposition lines the collector's, when
+it builds a /metrics body.  The store never changes the results it is given; it keeps a small
+summary of each (what the status page and the JSON API read) beside what the callback keeps.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from stackwatch.config import Config, TargetConfig
 from stackwatch.buckets import bucket_index
 from stackwatch.history import History
 from stackwatch.incidents import IncidentLog
-from stackwatch.probes.base import ProbeResult, Reason, failing_checks
+from stackwatch.probes.base import Labels, ProbeResult, Reason, failing_checks
 
 # Exact edges at the documented thresholds (0.3 s and 0.5 s goals, 1 s, 2 s for L1, 5 s for L2),
 # and dense enough around them that histogram_quantile's linear interpolation reports a p95 near
@@ -35,7 +34,7 @@ MAX_GROUPS = 512
 
 @dataclass(slots=True, frozen=True)
 class Outcome:
-    """What is kept of a probe result once its samples are rendered."""
+    """What is kept of a probe result besides its samples."""
 
     success: bool
     reason: Reason | None
@@ -72,12 +71,11 @@ class TargetState:
     buckets: array[int] = field(default_factory=lambda: array("I", bytes(4 * (len(LATENCY_BUCKETS) + 1))))
     """Probes per latency bucket (32 bits: 136 years of a probe a second)."""
     duration_sum: float = 0.0
-    blob: bytes = b""
-    """Rendered exposition lines, family after family, written by series.Lines."""
-    offs: array[int] | None = None
-    """Where each family's lines start in ``blob`` (and where the last ends)."""
-    layout: Any = None
-    """The series.Layout: which family is at which position of ``offs``."""
+    shape: tuple[tuple[str, Labels], ...] = ()
+    """Family name and extra labels of each of the last result's own samples (series.Lines
+    shares one tuple between every target whose results have the same samples)."""
+    values: array[float] | None = None
+    """The values of those samples, in the shape's order."""
     history: History | None = None
     """Probe history since start (status page without Prometheus); created with the first result."""
     group: int = 0
