@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from stackwatch.history import Ring, uptime
+from stackwatch.history import History, Ring, uptime
 
 
 class Reference:
@@ -63,3 +63,36 @@ def test_a_dump_that_does_not_fit_is_refused():
     target = Ring(96, 900.0, "H")
     assert not target.restore(more_ok_than_probes) and target.last == -1  # refused, unchanged
     assert target.restore(data) and target.uptime(1_800_000_000.0) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_targets_history_in_one_buffer_keeps_what_separate_rings_keep(seed):
+    """History packs both rings and the last probes into one buffer per target: its rings give
+    what standalone rings fed the same probes give, its last probes are the last 120 added (times
+    to the millisecond), and a dump restores the rings."""
+    rng = random.Random(seed)
+    h, quarter, day = History(), Ring(96, 900.0, "H"), Ring(90, 86400.0)
+    added: list[tuple[float, float, bool]] = []
+    t = 1_800_000_000.0
+    for _ in range(rng.randint(1, 400)):
+        t += rng.choice([0.5, 15.0, 900.0, 86400.0, 3 * 86400.0]) * rng.random()
+        ok, seconds = rng.random() < 0.9, round(rng.random() * 3, 3)
+        h.add(t, ok, seconds)
+        quarter.add(t, ok)
+        day.add(t, ok)
+        added.append((t, seconds, ok))
+    for mine, ref in ((h.quarter, quarter), (h.day, day)):
+        assert [(b.probes, b.ratio) for b in mine.series(t)] == [(b.probes, b.ratio) for b in ref.series(t)]
+    got = h.probes()
+    want = added[-History.LATENCY_POINTS:]
+    assert [ok for _, _, ok in got] == [ok for _, _, ok in want]
+    for (a, s, _), (b, w, _) in zip(got, want):
+        assert abs(s - w) < 1e-6
+        if b >= t - 24 * 86400:  # kept as signed 32-bit ms since a base: exact within 24.8 days
+            assert abs(a - b) <= 0.0005 + 1e-9 * a
+        else:  # older: exact, or read as the oldest time the 32 bits hold
+            assert abs(a - b) <= 0.0005 + 1e-9 * a or b < a <= t - 2**31 / 1000 + 1
+    again = History.restored(h.dump())
+    assert again is not None
+    assert [(b.probes, b.ratio) for b in again.day.series(t)] == [(b.probes, b.ratio) for b in day.series(t)]
+    assert [(b.probes, b.ratio) for b in again.quarter.series(t)] == [(b.probes, b.ratio) for b in quarter.series(t)]

@@ -2,9 +2,9 @@
 
 Two rings of buckets per target: 96 quarter-hours (the 24 h bar) and 90 days (the 90-day bar),
 each bucket counting probes and successes, plus the last 120 probe durations for the latency
-chart (and whether each succeeded: the recent failure ratio).  Arrays of machine numbers (bucket ids and counts as 32-bit integers, quarter-hour counts
-as 16-bit ones, durations and times as 32-bit floats): about 3 KB per target
-(bench/memory.py).  It covers
+chart (and whether each succeeded: the recent failure ratio).  Machine numbers in one buffer
+per target (day counts as 32-bit integers, quarter-hour counts as 16-bit ones, durations and
+durations as 32-bit floats, end times as 32-bit milliseconds): 2.2 KB per target (bench/memory.py).  It covers
 the time stackwatch has run: the rings are saved in the state store every few minutes and at
 shutdown, and restored at start (stackwatch.app).  With ``--prometheus.url`` the status page
 reads history from Prometheus instead, which spans its retention.
@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 import zlib
 from array import array
 from dataclasses import dataclass
 
 QUARTER = 900.0
 DAY = 86400.0
+REBASE_AFTER = 10 * DAY
+"""A kept probe time is milliseconds since a base (32 bits: ±24 days), moved on this often."""
 RECENT_WINDOW = 300.0
 """The error-rate and latency alerts' window (5 minutes, the rules' ``[5m]``): the recent failure
 ratio (status page, API, report) and the exact latency quantiles are taken over it."""
@@ -32,23 +35,48 @@ QUANTILES = (0.5, 0.95, 0.99)
 """The latency quantiles exported (stackwatch_probe_recent_duration_seconds) and shown."""
 
 
+_LAST = struct.Struct("q")  # native, as the memoryview casts that read the same buffer
+_FLOAT = struct.Struct("f")
+_MS = struct.Struct("i")
+
+
 class Ring:
     """``slots`` buckets of ``width`` seconds; old buckets are reused as time moves on.
 
     Bucket number b (since the epoch) lives in slot b % slots while it is one of the last
     ``slots`` buckets up to the newest one written (``last``); moving on clears the slots in
-    between.  One integer per ring instead of a bucket number per slot (744 bytes less per
-    target with both rings)."""
+    between.  One integer per ring instead of a bucket number per slot.
 
-    __slots__ = ("width", "last", "total", "ok", "_max")
+    The ring's numbers live in a buffer (``last``, then the totals, then the successes): its
+    own, or a region of a :class:`History`'s single buffer, which makes a Ring a short-lived
+    view (one allocation per target for all its history, not nine)."""
 
-    def __init__(self, slots: int, width: float, count_type: str = "I"):
+    __slots__ = ("width", "total", "ok", "last", "_max", "_buf", "_offset")
+
+    def __init__(self, slots: int, width: float, count_type: str = "I",
+                 buf: bytearray | None = None, offset: int = 0):
+        size = array(count_type).itemsize * slots
+        if buf is None:
+            buf = bytearray(Ring.size(slots, count_type))
+            _LAST.pack_into(buf, 0, -1)
         self.width = width
-        self.last = -1
+        self._buf, self._offset = buf, offset
+        view = memoryview(buf)
+        start = offset + _LAST.size
+        self.total = view[start:start + size].cast(count_type)
+        self.ok = view[start + size:start + 2 * size].cast(count_type)
+        self.last: int = _LAST.unpack_from(buf, offset)[0]
         """The newest bucket written (-1: none yet)."""
-        self.total = array(count_type, [0]) * slots
-        self.ok = array(count_type, [0]) * slots
         self._max = 2 ** (8 * self.total.itemsize) - 1
+
+    @staticmethod
+    def size(slots: int, count_type: str) -> int:
+        """Bytes of a ring's region in a buffer."""
+        return _LAST.size + 2 * slots * array(count_type).itemsize
+
+    def _set_last(self, bucket: int) -> None:
+        self.last = bucket
+        _LAST.pack_into(self._buf, self._offset, bucket)
 
     def _held(self, bucket: int) -> bool:
         return self.last >= 0 and self.last - len(self.total) < bucket <= self.last
@@ -57,11 +85,11 @@ class Ring:
         bucket = int(at // self.width)
         n = len(self.total)
         if self.last < 0:
-            self.last = bucket
+            self._set_last(bucket)
         elif bucket > self.last:
             for b in range(self.last + 1, self.last + 1 + min(bucket - self.last, n)):
                 self.total[b % n] = self.ok[b % n] = 0
-            self.last = bucket
+            self._set_last(bucket)
         elif bucket <= self.last - n:
             return  # older than the ring
         i = bucket % n
@@ -98,7 +126,7 @@ class Ring:
         sizes = (n * 4, n * self.total.itemsize, n * self.ok.itemsize)
         if len(data) != sum(sizes):
             return False
-        ids, total, ok = array("i"), array(self.total.typecode), array(self.ok.typecode)
+        ids, total, ok = array("i"), array(self.total.format), array(self.ok.format)
         ids.frombytes(data[:sizes[0]])
         total.frombytes(data[sizes[0]:sizes[0] + sizes[1]])
         ok.frombytes(data[sizes[0] + sizes[1]:])
@@ -108,7 +136,9 @@ class Ring:
         for i, b in enumerate(ids):  # a slot whose bucket is not the one the window puts there is empty
             if b < 0 or b % n != i or not last - n < b <= last:
                 total[i] = ok[i] = 0
-        self.last, self.total, self.ok = last, total, ok
+        self.total[:] = total
+        self.ok[:] = ok
+        self._set_last(last)
         return True
 
     def uptime(self, now: float) -> float | None:
@@ -136,36 +166,76 @@ class Bucket:
 
 
 class History:
-    __slots__ = ("day", "quarter", "durations", "times", "ok", "_next", "_base")
+    """A target's history in one buffer: the quarter-hour ring, the day ring, then the last
+    LATENCY_POINTS probes' durations, end times and outcomes (2.2 KB; bench/memory.py)."""
+
+    __slots__ = ("_buf", "_next", "_base")
 
     LATENCY_POINTS = 120
+    _QUARTER = (96, QUARTER, "H")  # at most 900 s / 14 ms probes per quarter-hour
+    _DAY = (90, DAY, "I")
+    _Q_AT = 0
+    _D_AT = _Q_AT + Ring.size(96, "H")
+    _DURATIONS_AT = _D_AT + Ring.size(90, "I")
+    _TIMES_AT = _DURATIONS_AT + 4 * LATENCY_POINTS
+    """Milliseconds since ``_base`` (signed 32 bits): exact to the millisecond, however often the
+    base moves (a float would lose precision at every move)."""
+    _OK_AT = _TIMES_AT + 4 * LATENCY_POINTS
+    """1 where the probe at the same position succeeded."""
+    _SIZE = _OK_AT + LATENCY_POINTS
 
     def __init__(self) -> None:
-        self.quarter = Ring(96, QUARTER, "H")  # at most 900 s / 14 ms probes per quarter-hour
-        self.day = Ring(90, DAY)
-        self.durations = array("f", [0.0]) * self.LATENCY_POINTS
-        self.times = array("f", [0.0]) * self.LATENCY_POINTS
-        """Seconds since ``_base``: a 32-bit float is exact to 2 ms within a day of it."""
-        self.ok = array("b", [0]) * self.LATENCY_POINTS
-        """1 where the probe at the same position succeeded."""
+        self._buf = bytearray(self._SIZE)
+        _LAST.pack_into(self._buf, self._Q_AT, -1)
+        _LAST.pack_into(self._buf, self._D_AT, -1)
         self._next = 0
         self._base = 0.0
+
+    @property
+    def quarter(self) -> Ring:
+        """The 24 h ring: 96 quarter-hours (a view of this history's buffer)."""
+        return Ring(*self._QUARTER, buf=self._buf, offset=self._Q_AT)
+
+    @property
+    def day(self) -> Ring:
+        """The 90-day ring (a view of this history's buffer)."""
+        return Ring(*self._DAY, buf=self._buf, offset=self._D_AT)
+
+    @property
+    def durations(self) -> memoryview:
+        return memoryview(self._buf)[self._DURATIONS_AT:self._TIMES_AT].cast("f")
+
+    @property
+    def times(self) -> memoryview:
+        return memoryview(self._buf)[self._TIMES_AT:self._OK_AT].cast("i")
+
+    @property
+    def ok(self) -> memoryview:
+        return memoryview(self._buf)[self._OK_AT:self._SIZE].cast("b")
 
     def add(self, at: float, success: bool, duration: float) -> None:
         self.quarter.add(at, success)
         self.day.add(at, success)
-        if not self._next or at - self._base > DAY:
+        if not self._next or at - self._base > REBASE_AFTER:
             self._rebase(at)
         i = self._next % self.LATENCY_POINTS
-        self.durations[i], self.times[i], self.ok[i] = duration, at - self._base, 1 if success else 0
+        buf = self._buf
+        _FLOAT.pack_into(buf, self._DURATIONS_AT + 4 * i, duration)
+        _MS.pack_into(buf, self._TIMES_AT + 4 * i, round((at - self._base) * 1000))
+        buf[self._OK_AT + i] = 1 if success else 0
         self._next += 1
 
     def _rebase(self, at: float) -> None:
+        """Move the base to ``at`` (whole milliseconds, so kept times shift exactly); a point
+        older than ~24 days then reads as that old (the 32-bit floor)."""
         if self._next:
-            shift = at - self._base
+            shift = round((at - self._base) * 1000)
+            times = self.times
             for i in range(self.LATENCY_POINTS):
-                self.times[i] -= shift
-        self._base = at
+                times[i] = max(-2**31, times[i] - shift)
+            self._base += shift / 1000
+        else:
+            self._base = at
 
     def dump(self) -> str:
         """The two rings (not the latency points), for the state store: survives a restart.
@@ -192,13 +262,14 @@ class History:
         """(failed, probes) among the last probes that ended within ``window`` seconds of ``now``
         (at most LATENCY_POINTS of them)."""
         n = min(self._next, self.LATENCY_POINTS)
-        since = now - window - self._base
+        since = (now - window - self._base) * 1000
+        times, ok = self.times, self.ok
         failed = probes = 0
         for j in range(self._next - n, self._next):
             i = j % self.LATENCY_POINTS
-            if self.times[i] >= since:
+            if times[i] >= since:
                 probes += 1
-                failed += 1 - self.ok[i]
+                failed += 1 - ok[i]
         return failed, probes
 
     def quantiles(self, now: float, window: float, qs: tuple[float, ...]) -> list[float] | None:
@@ -206,9 +277,10 @@ class History:
         probes at or under it) of the durations of the probes that ended within ``window``
         seconds of ``now`` (at most LATENCY_POINTS of them), or None when there are none."""
         n = min(self._next, self.LATENCY_POINTS)
-        since = now - window - self._base
-        values = sorted(self.durations[j % self.LATENCY_POINTS] for j in range(self._next - n, self._next)
-                        if self.times[j % self.LATENCY_POINTS] >= since)
+        since = (now - window - self._base) * 1000
+        durations, times = self.durations, self.times
+        values = sorted(durations[j % self.LATENCY_POINTS] for j in range(self._next - n, self._next)
+                        if times[j % self.LATENCY_POINTS] >= since)
         if not values:
             return None
         # rank ceil(q * n), q * n rounded first: 0.95 * 20 is 19.000000000000004, not 19
@@ -225,10 +297,11 @@ class History:
     def probes(self) -> list[tuple[float, float, bool]]:
         """(time, seconds, succeeded) of the last probes (at most LATENCY_POINTS), oldest first."""
         n = min(self._next, self.LATENCY_POINTS)
+        durations, times, ok = self.durations, self.times, self.ok
         out = []
         for j in range(self._next - n, self._next):
             i = j % self.LATENCY_POINTS
-            out.append((self._base + self.times[i], self.durations[i], bool(self.ok[i])))
+            out.append((self._base + times[i] / 1000, durations[i], bool(ok[i])))
         return out
 
 
