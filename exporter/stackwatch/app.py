@@ -233,10 +233,10 @@ class Exporter:
     @staticmethod
     def _heartbeats(config: Config) -> list[Any]:
         """Every heartbeat check of the whole config: a push may reach any replica or worker."""
-        return [t for t in config.targets if t.kind == "heartbeat"]
+        return list(config.heartbeats)
 
     def _load(self) -> tuple[Config, WebConfig]:
-        return (load_config(self.config_path, kinds=self.kinds), load_web_config(self.web_config_path))
+        return (load_config(self.config_path, kinds=self.kinds, shard=self.shard), load_web_config(self.web_config_path))
 
     async def reload(self) -> tuple[bool, str]:
         """Load the config (and web config) files again, in a thread, so serving and probing go
@@ -246,8 +246,8 @@ class Exporter:
             self._reloading = asyncio.Lock()
         async with self._reloading:  # reloads run one at a time, in the order asked
             try:
-                whole, web = await asyncio.to_thread(self._load)
-                new = whole.shard(*self.shard)
+                loaded, web = await asyncio.to_thread(self._load)
+                new = loaded.shard(*self.shard)
                 if self.web_ssl is not None and web.tls is not None:
                     web.ssl_context(into=self.web_ssl)
                 elif (self.web_ssl is None) != (web.tls is None):
@@ -265,7 +265,7 @@ class Exporter:
             for change in changes:
                 log.warning("web config reloaded: %s", change)
             self.web = web
-            self.pusher.set_checks(self._heartbeats(whole))
+            self.pusher.set_checks(self._heartbeats(loaded))
             return await self.apply(new)
 
     def reload_failed(self, message: str) -> tuple[bool, str]:

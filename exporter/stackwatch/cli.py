@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _supervise(args, workers)
     try:
-        config = load_config(args.config_file)  # the exporter keeps its shard's targets
+        config = load_config(args.config_file, shard=shard)  # every target checked, the shard's kept
         web = load_web_config(args.web_config)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)

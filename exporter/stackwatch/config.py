@@ -293,6 +293,17 @@ class Config:
     targets: tuple[TargetConfig, ...]
     source: str = "<memory>"
     maintenance: tuple[MaintenanceWindow, ...] = ()
+    shard_heartbeats: tuple[TargetConfig, ...] | None = None
+    """For a shard's config: every heartbeat check of the whole file (None: ``targets`` is the
+    whole file)."""
+
+    @property
+    def heartbeats(self) -> tuple[TargetConfig, ...]:
+        """Every heartbeat check of the whole file, whatever the shard: a push may reach any
+        replica or worker."""
+        if self.shard_heartbeats is not None:
+            return self.shard_heartbeats
+        return tuple(t for t in self.targets if t.kind == "heartbeat")
 
     def in_maintenance(self, target: str, at: float) -> MaintenanceWindow | None:
         return next((w for w in self.maintenance if target in w.targets and w.active(at)), None)
@@ -310,7 +321,7 @@ class Config:
         if count <= 1:
             return self
         mine = tuple(t for t in self.targets if shard_of(t.name, count) == index)
-        return Config(self.defaults, self.scheduler, mine, self.source, self.maintenance)
+        return Config(self.defaults, self.scheduler, mine, self.source, self.maintenance, self.heartbeats)
 
     def warnings(self) -> list[str]:
         """Every target's warnings, each naming the target and its place in the file."""
@@ -325,6 +336,56 @@ class Config:
 
 
 # --------------------------------------------------------------------------- loading
+
+
+class Sharing:
+    """Makes equal parts of loaded targets one object (memory per target, bench/memory.py).
+
+    Config models are frozen, and nothing changes a loaded model's containers, so targets can
+    share equal field values: the same sub-model (a default TLS block), the same set of fields
+    given, empty lists and mappings, equal numbers and short strings (the kind, the method, an
+    interval).  At 10,000 similar targets this is ~1 KB a target of the model's ~2 KB.  Used
+    for one load and dropped with it (its tables hold only what that load saw)."""
+
+    SCALARS = (str, int, float, bool)
+    MODELS_PER_TYPE = 16
+    """Distinct sub-models kept per type to share: those are compared one by one."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[type, Any], Any] = {}
+        self._fields_sets: dict[frozenset[str], set[str]] = {}
+        self._models: dict[type, list[BaseModel]] = {}
+        self._empty: dict[type, Any] = {dict: {}, list: []}
+
+    def model(self, m: BaseModel) -> BaseModel:
+        """``m`` with its field values shared where equal (in place: the model is not shared yet)."""
+        fields = m.__dict__
+        changed = [(k, shared) for k, v in fields.items() if (shared := self._value(v)) is not v]
+        for k, shared in changed:
+            fields[k] = shared
+        given = m.__pydantic_fields_set__
+        shared_set = self._fields_sets.setdefault(frozenset(given), given)
+        if shared_set is not given:
+            object.__setattr__(m, "__pydantic_fields_set__", shared_set)
+        return m
+
+    def _value(self, v: Any) -> Any:
+        t = type(v)
+        if t in self.SCALARS:
+            if t is str and len(v) > 64:
+                return v
+            return self._values.setdefault((t, v), v)
+        if t is dict or t is list:
+            return self._empty[t] if not v else v
+        if isinstance(v, Model):
+            v = self.model(v)
+            seen = self._models.setdefault(t, [])
+            for other in seen:
+                if other == v:
+                    return other
+            if len(seen) < self.MODELS_PER_TYPE:
+                seen.append(v)
+        return v
 
 
 KindModels = Mapping[str, type["TargetConfig"]]
@@ -382,6 +443,8 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
         raise ConfigError(source, sorted(problems, key=by_position)) from None
 
     targets: list[TargetConfig] = []
+    heartbeats: list[TargetConfig] = []
+    sharing = Sharing()
     first_seen: dict[str, int] = {}
     families: dict[str, tuple[str, str]] = {}
     raws = top.targets
@@ -417,8 +480,13 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
             continue
         _check_family_conflicts(resolved, i, families, add)
         if shard[1] > 1 and shard_of(resolved.name, shard[1]) != shard[0]:
-            continue  # validated like every target, kept only by the replica whose shard it is
-        targets.append(resolved)
+            # validated like every target, kept only by the replica whose shard it is
+            if resolved.kind == "heartbeat":
+                heartbeats.append(resolved)
+            continue
+        targets.append(sharing.model(resolved))  # type: ignore[arg-type]
+        if resolved.kind == "heartbeat":
+            heartbeats.append(resolved)
 
     names = set(first_seen)
     for i, w in enumerate(top.maintenance):
@@ -428,7 +496,7 @@ def _parse_config(text: str, source: str, env: dict[str, str] | None, kinds: Kin
     if problems:
         raise ConfigError(source, sorted(problems, key=by_position))
     return Config(defaults=top.defaults, scheduler=top.scheduler, targets=tuple(targets), source=source,
-                  maintenance=tuple(top.maintenance))
+                  maintenance=tuple(top.maintenance), shard_heartbeats=tuple(heartbeats) if shard[1] > 1 else None)
 
 
 def _check_family_conflicts(t: TargetConfig, index: int, first: dict[str, tuple[str, str]], add: Any) -> None:

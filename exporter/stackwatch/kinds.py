@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from stackwatch import config as _config
+from stackwatch import config as _config, loadproc
 from stackwatch.probes import algorand, consistency, heartbeat, http, jsonapi, sql
 from stackwatch.probes.base import ProbeKind
 
 BUILTIN: tuple[ProbeKind, ...] = (http.KIND, jsonapi.KIND, sql.KIND, algorand.KIND, consistency.KIND, heartbeat.KIND)
+BUILTIN_BY_NAME = {k.name: k for k in BUILTIN}
 
 
 def builtin_kinds() -> dict[str, ProbeKind]:
@@ -29,10 +30,21 @@ def config_models(kinds: Mapping[str, ProbeKind] | None = None) -> dict[str, typ
 def load_config(path: str | Path, env: dict[str, str] | None = None,
                 kinds: Mapping[str, ProbeKind] | None = None, shard: tuple[int, int] = (0, 1)) -> _config.Config:
     """Load a config file with the built-in kinds (or the given ones); with ``shard``, keep only
-    the shard's targets (all are validated)."""
+    the shard's targets (all are validated).  A large file with the built-in kinds is loaded in
+    a child process (stackwatch.loadproc: the parse's garbage never reaches this heap)."""
+    if (kinds is None or all(BUILTIN_BY_NAME.get(n) is k for n, k in kinds.items())) and loadproc.isolated(path):
+        return loadproc.load(path, env, shard, _load_builtin)
     return _config.load_config(path, env, kinds=config_models(kinds), shard=shard)
+
+
+def _load_builtin(path: str, env: dict[str, str] | None, shard: tuple[int, int]) -> _config.Config:
+    return _config.load_config(path, env, kinds=config_models(), shard=shard)
 
 
 def parse_config(text: str, source: str = "<memory>", env: dict[str, str] | None = None,
                  kinds: Mapping[str, ProbeKind] | None = None) -> _config.Config:
     return _config.parse_config(text, source, env, kinds=config_models(kinds))
+
+
+if __name__ == "__main__":  # the config loader's child process (stackwatch.loadproc)
+    loadproc.serve(_load_builtin)

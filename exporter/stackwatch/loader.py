@@ -43,6 +43,9 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__(self.render())
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, list[Problem]]]:
+        return (ConfigError, (self.source, self.problems))  # a child process's load error crosses a pipe
+
     def render(self) -> str:
         head = f"{self.source}: {len(self.problems)} error{'s' if len(self.problems) != 1 else ''}"
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
