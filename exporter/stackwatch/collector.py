@@ -126,7 +126,7 @@ class Collector:
                 fam = self.lines.family(name)
                 parts.append(header(fam.name, fam.type, fam.help, openmetrics).encode())
                 parts.append(text)
-            return _Body(version, time.monotonic(), b"".join(parts))
+            return _Body(version, time.monotonic(), parts)
         parts = []
         for name in names:
             parts.append(self._header_member(self.lines.family(name), openmetrics))
@@ -134,7 +134,7 @@ class Collector:
                 data = g.get(name)
                 if data:
                     parts.append(data)
-        return _Body(version, time.monotonic(), b"".join(parts))
+        return _Body(version, time.monotonic(), parts)
 
     def _header_member(self, fam: Family, openmetrics: bool) -> bytes:
         key = (fam.name, fam.type, fam.help, openmetrics)
@@ -216,16 +216,17 @@ class Collector:
         body = await self.targets_body(fmt.openmetrics, compress)
         tail = extra(fmt.openmetrics) + (b"# EOF\n" if fmt.openmetrics else b"")
         if not compress:
-            return [body.data, tail]
-        return [body.data, _gzip(tail)]
+            return [*body.parts, tail]
+        return [*body.parts, _gzip(tail)]
 
 
 @dataclass(slots=True)
 class _Body:
     version: int
     built_at: float
-    data: bytes
-    """The body, gzipped for a gzip cache entry."""
+    parts: list[bytes]
+    """The body, gzipped for a gzip cache entry: the kept gzip members themselves, not a joined
+    copy of them (at 50k targets that copy was 12 MB held between scrapes)."""
     generation: int = -1
     """The store's target set (Store.generation) the body was built from: a body of another
     set (before a reload) is never served, however recent."""

@@ -55,10 +55,23 @@ async def metrics(request: web.Request) -> web.StreamResponse:
         resp.headers["Content-Encoding"] = "gzip"
     resp.content_length = sum(len(p) for p in parts)
     await resp.prepare(request)
+    # The body is many kept gzip members (one per family and phase group): written in chunks of
+    # about WRITE_CHUNK, not one send per member, and never joined whole.
+    chunk: list[bytes] = []
+    size = 0
     for part in parts:
-        await resp.write(part)
+        chunk.append(part)
+        size += len(part)
+        if size >= WRITE_CHUNK:
+            await resp.write(b"".join(chunk) if len(chunk) > 1 else chunk[0])
+            chunk, size = [], 0
+    if chunk:
+        await resp.write(b"".join(chunk))
     await resp.write_eof()
     return resp
+
+
+WRITE_CHUNK = 64 * 1024
 
 
 async def probe(request: web.Request) -> web.Response:

@@ -66,7 +66,8 @@ class TargetState:
     result: Outcome | None = None
     successes: int = 0
     failures: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] | None = None
+    """Failed probes by reason (made with the first failure: most targets never fail)."""
     # array, not list: an array of ints is not tracked by the cyclic GC
     buckets: array[int] = field(default_factory=lambda: array("I", bytes(4 * (len(LATENCY_BUCKETS) + 1))))
     """Probes per latency bucket (32 bits: 136 years of a probe a second)."""
@@ -173,6 +174,8 @@ class Store:
         else:
             state.failures += 1
             reason = (result.reason or Reason.INTERNAL).value
+            if state.by_reason is None:
+                state.by_reason = {}
             state.by_reason[reason] = state.by_reason.get(reason, 0) + 1
         if state.history is None:
             state.history = History()

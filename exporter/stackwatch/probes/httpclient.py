@@ -170,9 +170,15 @@ class HTTPRequest(Model):
     _wire: Wire | None = PrivateAttr(default=None)
 
     def parsed_url(self) -> httpx.URL:
-        if self._parsed is None:
-            self._parsed = httpx.URL(self.url)  # a URL httpx cannot parse fails this probe, named
-        return self._parsed
+        """The URL parsed (a URL httpx cannot parse fails the probe, named).  Kept only for targets
+        whose probes use it each time (keep-alive): for the others the request bytes are built
+        once from it, and a redirect parses it again (~0.3 KB a target)."""
+        if self._parsed is not None:
+            return self._parsed
+        parsed = httpx.URL(self.url)
+        if self.keep_alive:
+            self._parsed = parsed
+        return parsed
 
     def wire(self) -> Wire:
         """The request's bytes, built on the first probe and kept: a probe then writes them as is."""
@@ -419,7 +425,15 @@ def build_wire(req: HTTPRequest) -> Wire:
         headers["Authorization"] = f"{req.authorization.type} {creds.get_secret_value()}"
     body = req.body.encode() if req.body is not None else b""
     payload = request_bytes(req.method, url, [(k.encode(), v.encode()) for k, v in headers.items()], body)
-    return Wire(url.host, url.port or (443 if https else 80), https, payload, tuple(headers.items()))
+    pairs = tuple(headers.items())
+    if "Authorization" not in headers:  # no credentials in a table that outlives the target
+        if len(_HEADER_SETS) >= 256:  # targets with their own header values: bound the table
+            _HEADER_SETS.clear()
+        pairs = _HEADER_SETS.setdefault(pairs, pairs)  # most targets send the same headers: one tuple
+    return Wire(url.host, url.port or (443 if https else 80), https, payload, pairs)
+
+
+_HEADER_SETS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
 
 def request_bytes(method: str, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
