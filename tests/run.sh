@@ -48,20 +48,34 @@ if [ ! -d tests/crd/node_modules/@kubernetes-models/prometheus-operator ]; then
   npm ci --prefix tests/crd --no-audit --no-fund --silent
 fi
 
-first=0
-.venv/bin/python -m pytest "$@" || first=$?
-
-# The same end-to-end, alerting and dashboard tests again against the releases users run now:
-# Prometheus 3.5 LTS and Alertmanager 0.33, unpacked from Debian testing into .peers/ (no system
-# install).  Skipped only when specific tests were asked for.  Both passes run and report even
-# when the first fails; the script fails if either did.
-for arg in "$@"; do case "$arg" in -*) ;; *) exit "$first" ;; esac; done
-peers_bin="$(bash tools/fetch-peers.sh)"
+# The same end-to-end, alerting and dashboard tests run a second time against the releases users
+# run now: Prometheus 3.5 LTS and Alertmanager 0.33, unpacked from Debian testing into .peers/ (no
+# system install).  Skipped only when specific tests were asked for.  The second pass runs beside
+# the first (the tests mostly wait on real processes; each pass takes its own half of the test
+# ports, its own temporary directory and uniquely named database schemas); its output follows the
+# first's.  Both passes run and report even when one fails; the script fails if either did.
+second_pass=1
+for arg in "$@"; do case "$arg" in -*) ;; *) second_pass=0 ;; esac; done
 second=0
-# (The tests that start Prometheus or Alertmanager and read what they computed or delivered.)
-PATH="$peers_bin:$PATH" .venv/bin/python -m pytest "$@" tests/test_e2e.py tests/test_alerting.py \
-  tests/test_dashboards.py tests/test_alert_truth.py tests/test_documented_paths.py tests/test_distributed.py \
-  || second=$?
+if [ "$second_pass" = 1 ]; then
+  peers_bin="$(bash tools/fetch-peers.sh)"
+  second_log="$(mktemp)"
+  second_tmp="$(mktemp -d)"
+  # (The tests that start Prometheus or Alertmanager and read what they computed or delivered.)
+  PATH="$peers_bin:$PATH" STACKWATCH_TEST_PORTS=1/2 .venv/bin/python -m pytest "$@" -p no:cacheprovider \
+    --basetemp "$second_tmp/basetemp" tests/test_e2e.py tests/test_alerting.py tests/test_dashboards.py \
+    tests/test_alert_truth.py tests/test_documented_paths.py tests/test_distributed.py >"$second_log" 2>&1 &
+  second_pid=$!
+  trap 'kill "$second_pid" 2>/dev/null || true; rm -rf "$second_log" "$second_tmp"' EXIT
+fi
+
+first=0
+STACKWATCH_TEST_PORTS=0/2 .venv/bin/python -m pytest "$@" || first=$?
+[ "$second_pass" = 1 ] || exit "$first"
+
+wait "$second_pid" || second=$?
+echo "--- second pass: Prometheus 3.5, Alertmanager 0.33 ---"
+cat "$second_log"
 if [ "$first" != 0 ] || [ "$second" != 0 ]; then
   echo "tests/run.sh: first pass exit $first, second pass (Prometheus 3.5, Alertmanager 0.33) exit $second" >&2
   exit 1

@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import threading
@@ -54,7 +55,12 @@ def free_port() -> int:
     from pathlib import Path
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 12000), low), 500):
+    first = max(1024, low - 12000)
+    # tests/run.sh runs its two passes side by side: each takes its own part of the range
+    # (STACKWATCH_TEST_PORTS=i/n), so the passes never choose the same port.
+    part, parts = (int(x) for x in os.environ.get("STACKWATCH_TEST_PORTS", "0/1").split("/"))
+    size = (low - first) // parts
+    for port in random.sample(range(first + part * size, first + (part + 1) * size), min(500, size)):
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
