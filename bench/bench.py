@@ -305,8 +305,11 @@ def free_block(n: int) -> int:
                 k.close()
 
 
-async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: int, rate: float | None = None) -> int:
-    """Send ``total`` /probe requests, ``concurrency`` at a time; with ``rate``, paced at rate/s."""
+async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: int, rate: float | None = None,
+                         delayed: set[str] | None = None, errors: list[float] | None = None) -> int:
+    """Send ``total`` /probe requests, ``concurrency`` at a time; with ``rate``, paced at rate/s.
+    For the ``delayed`` URLs, blackbox's own probe_duration_seconds minus DELAY goes to ``errors``
+    (ms): the reference for stackwatch's latency error, same target server, same moment."""
     import aiohttp
 
     done = 0
@@ -319,8 +322,13 @@ async def drive_blackbox(base: str, urls: list[str], total: int, concurrency: in
             async with sem:
                 url = urls[i % len(urls)]
                 async with session.get(f"{base}/probe", params={"target": url, "module": "http_2xx"}) as r:
-                    if b"probe_success 1" in await r.read():
+                    body = await r.read()
+                    if b"probe_success 1" in body:
                         done += 1
+                        if errors is not None and delayed and url in delayed:
+                            for line in body.splitlines():
+                                if line.startswith(b"probe_duration_seconds "):
+                                    errors.append((float(line.split()[1]) - DELAY) * 1000)
 
         tasks = []
         for i in range(total):
@@ -376,12 +384,19 @@ def run_blackbox(ports: list[int], n: int, probes: int, concurrency: int, tmp: P
             except OSError:
                 time.sleep(0.1)
         urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/health/{i}" for i in range(delayed_targets(n), n)]
+        delayed: set[str] = set()
+        if rate:  # paced, the delayed targets too, in stackwatch's proportion: its latency-error reference
+            delayed = {f"http://127.0.0.1:{ports[i % len(ports)]}/delay/{i}" for i in range(delayed_targets(n))}
+            urls = [u for pair in zip(sorted(delayed), urls) for u in pair] + urls[len(delayed):]
         asyncio.run(drive_blackbox(base, urls, 500, concurrency))  # warm-up
+        errors: list[float] = []
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency, rate))
+        ok = asyncio.run(drive_blackbox(base, urls, probes, concurrency, rate, delayed, errors))
         cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
         return {"version": version, "probes": probes, "succeeded": ok, "probes_per_s": probes / (t1 - t0),
-                "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / probes, "rss_mb": rss_mb(proc.pid)}
+                "cpu_ms_per_probe": (cpu1 - cpu0) * 1000 / probes, "rss_mb": rss_mb(proc.pid),
+                "latency_error_p50_ms": pct(errors, 0.5) if errors else None,
+                "latency_error_p99_ms": pct(errors, 0.99) if errors else None, "latency_samples": len(errors)}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)

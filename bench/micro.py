@@ -62,7 +62,10 @@ async def run(cfg: Path, probes: int, concurrency: int, profile: bool) -> tuple[
     await ex.probers.close()
     cpu = (c1.user - c0.user) + (c1.system - c0.system)
     if prof:
-        pstats.Stats(prof).sort_stats("tottime").print_stats(28)
+        st = pstats.Stats(prof).sort_stats("tottime")
+        st.print_stats(28)
+        if os.environ.get("MICRO_CALLERS"):
+            st.print_callers(os.environ["MICRO_CALLERS"])
     print(f"wall {t1 - t0:.2f}s, {probes / (t1 - t0):.0f} probes/s")
     return cpu * 1000 / probes, probes, failures
 

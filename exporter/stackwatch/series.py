@@ -132,6 +132,20 @@ def probe_body(target: TargetConfig, result: ProbeResult, openmetrics: bool) -> 
 SHAPES_MAX = 4096
 
 
+def _first_of_each(shape: tuple[tuple[str, Labels], ...],
+                   values: array[float]) -> tuple[tuple[tuple[str, Labels], ...], array[float]]:
+    """The shape and values with each series' first sample only."""
+    seen: set[tuple[str, Labels]] = set()
+    keys: list[tuple[str, Labels]] = []
+    kept = array("d")
+    for key, value in zip(shape, values):
+        if key not in seen:
+            seen.add(key)
+            keys.append(key)
+            kept.append(value)
+    return tuple(keys), kept
+
+
 class Lines:
     """Keeps what each result adds to /metrics compactly, and renders targets' lines when a
     /metrics body is built (the collector asks per phase group of targets).
@@ -153,19 +167,17 @@ class Lines:
         (a series emitted twice by one probe is kept once: the exposition stays valid)."""
         if result is None:
             return
-        keys: list[tuple[str, Labels]] = []
-        values = array("d")
-        seen: set[tuple[str, Labels]] = set()
-        for fam, extra, value in result.samples:
-            key = (fam.name, extra)
-            if key in seen:
-                continue
-            seen.add(key)
-            keys.append(key)
-            values.append(value)
+        samples = result.samples
+        shape = tuple([(fam.name, extra) for fam, extra, _ in samples])
+        values = array("d", [value for _, _, value in samples])
+        if shape == state.shape:  # the usual case: the same series as the last result
+            state.values = values
+            return
+        if len(set(shape)) != len(shape):
+            shape, values = _first_of_each(shape, values)
+        for fam, _, _ in samples:
             if fam.name not in self._families and fam.name not in FAMILIES:
                 self._dynamic[fam.name] = fam
-        shape = tuple(keys)
         kept = self._shapes.get(shape)
         if kept is None:
             if len(self._shapes) >= SHAPES_MAX:  # labels read from answers vary; bound the table

@@ -173,18 +173,22 @@ class HTTPRequest(Model):
         """The URL parsed (a URL httpx cannot parse fails the probe, named).  Kept only for targets
         whose probes use it each time (keep-alive): for the others the request bytes are built
         once from it, and a redirect parses it again (~0.3 KB a target)."""
-        if self._parsed is not None:
-            return self._parsed
+        private = self.__pydantic_private__  # not pydantic's slow private-attribute path (config.py)
+        parsed = private["_parsed"]
+        if parsed is not None:
+            return parsed
         parsed = httpx.URL(self.url)
         if self.keep_alive:
-            self._parsed = parsed
+            private["_parsed"] = parsed
         return parsed
 
     def wire(self) -> Wire:
         """The request's bytes, built on the first probe and kept: a probe then writes them as is."""
-        if self._wire is None:
-            self._wire = build_wire(self)
-        return self._wire
+        private = self.__pydantic_private__  # not pydantic's slow private-attribute path (config.py)
+        wire = private["_wire"]
+        if wire is None:
+            wire = private["_wire"] = build_wire(self)
+        return wire
 
     @field_validator("headers", mode="before")
     @classmethod
