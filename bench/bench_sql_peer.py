@@ -12,7 +12,9 @@ time, pinned to CPU 0, alternating for --rounds rounds.  Per round and exporter,
   client sent) and transactions per target-run counted by PostgreSQL (`pg_stat_database`
   xact_commit + xact_rollback of the database), with nothing else connected;
 * RSS at the end;
-* the values of the two deterministic queries compared between the exporters.
+* the values of the two deterministic queries compared between the exporters;
+* stackwatch with no targets over the same window (its fixed cost: GC keeper, timers), and its
+  CPU per query above that.
 
 stackwatch runs with `saturation: false` (the peer has no such check) unless --saturation.
 """
@@ -132,6 +134,8 @@ def main() -> None:
         tmp = Path(d)
         sw_cfg, peer_cfg = tmp / "stackwatch.yml", tmp / "peer.yml"
         stackwatch_config(sw_cfg, args.saturation)
+        idle_cfg = tmp / "idle.yml"
+        idle_cfg.write_text("targets: []\n")
         peer_config(peer_cfg)
         for r in range(args.rounds):
             port = free_port()
@@ -144,13 +148,26 @@ def main() -> None:
                                                      "-web.listen-address", f"127.0.0.1:{port}"],
                          f"http://127.0.0.1:{port}/metrics", args.window, args.warmup)
             ratio = sw["cpu_ms_per_query"] / go["cpu_ms_per_query"] if go["cpu_ms_per_query"] else float("nan")
-            results["rounds"].append({"stackwatch": sw, "peer": go, "cpu_ratio": ratio})
+            # stackwatch with no targets over the same window: what it spends whatever it probes (GC
+            # keeper, timers); subtracted, the CPU the queries themselves cost it.
+            port = free_port()
+            idle = measure("stackwatch-idle", [sys.executable, "-m", "stackwatch", "--config.file", str(idle_cfg),
+                                               "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "error",
+                                               "--storage.path", str(tmp / "idle.db")],
+                           f"http://127.0.0.1:{port}/metrics", args.window, args.warmup)
+            marginal = (float(sw["cpu_s"]) - float(idle["cpu_s"])) * float(sw["cpu_ms_per_query"]) / float(sw["cpu_s"])
+            results["rounds"].append({"stackwatch": sw, "peer": go, "cpu_ratio": ratio,
+                                      "stackwatch_idle_cpu_s": idle["cpu_s"],
+                                      "stackwatch_cpu_ms_per_query_above_idle": marginal,
+                                      "cpu_ratio_above_idle": marginal / go["cpu_ms_per_query"] if go["cpu_ms_per_query"] else None})
             print(f"round {r + 1}: stackwatch {sw['cpu_ms_per_query']:.3f} CPU-ms/query, "
                   f"{sw['mariadb_statements_per_target_run']:.1f} MariaDB statements and "
                   f"{sw['postgresql_transactions_per_target_run']:.1f} PostgreSQL transactions per target-run, "
                   f"RSS {sw['rss_mb']} MB; peer {go['cpu_ms_per_query']:.3f} CPU-ms/query, "
                   f"{go['mariadb_statements_per_target_run']:.1f} / {go['postgresql_transactions_per_target_run']:.1f}, "
-                  f"RSS {go['rss_mb']} MB; ratio {ratio:.2f}x; values {sw['values']} vs {go['values']}", flush=True)
+                  f"RSS {go['rss_mb']} MB; ratio {ratio:.2f}x; values {sw['values']} vs {go['values']}; "
+                  f"stackwatch idle {idle['cpu_s']} CPU-s in the window: {marginal:.3f} CPU-ms/query above it "
+                  f"({marginal / go['cpu_ms_per_query']:.2f}x)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
