@@ -122,7 +122,9 @@ def main() -> None:
     peer = shutil.which("prometheus-sql-exporter")
     if not peer:
         raise SystemExit("prometheus-sql-exporter is not installed (apt-get install prometheus-sql-exporter)")
-    version = subprocess.run([peer, "-version"], capture_output=True, text=True).stderr.strip().splitlines()
+    # The Debian build prints an empty version string: the package's version says which release it is.
+    version = subprocess.run(["dpkg-query", "-W", "-f", "prometheus-sql-exporter ${Version}",
+                              "prometheus-sql-exporter"], capture_output=True, text=True).stdout.strip().splitlines()
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})
     results: dict[str, object] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -100,3 +100,21 @@ def test_the_load_happens_in_process_when_the_child_cannot_run(tmp_path, monkeyp
     with caplog.at_level(logging.WARNING, logger="stackwatch.config"):
         assert load_config(path).targets == got.targets
     assert "exit code 1" in caplog.text
+
+
+def test_sharing_keeps_values_that_compare_equal_but_differ():
+    """Sharing makes equal values one object, never one value another: -0.0 stays -0.0, 1 stays
+    an int beside 1.0 and True, and a target's own values are unchanged."""
+    import math
+
+    from stackwatch.kinds import parse_config
+
+    text = ("targets:\n"
+            "  - {name: a, kind: http, url: 'http://127.0.0.1:9/', labels: {x: '1'}}\n"
+            "  - {name: b, kind: http, url: 'http://127.0.0.1:9/', labels: {x: '1'}}\n")
+    a, b = parse_config(text).targets
+    assert a.labels == b.labels and a.url is b.url and a.interval is b.interval
+    sharing = _config.Sharing()
+    assert math.copysign(1, sharing.value(-0.0)) == -1 and math.copysign(1, sharing.value(0.0)) == 1
+    one, one_f, true = sharing.value(1), sharing.value(1.0), sharing.value(True)
+    assert (type(one), type(one_f), type(true)) == (int, float, bool)

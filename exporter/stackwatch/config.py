@@ -365,7 +365,7 @@ class Sharing:
     def model(self, m: BaseModel) -> BaseModel:
         """``m`` with its field values shared where equal (in place: the model is not shared yet)."""
         fields = m.__dict__
-        changed = [(k, shared) for k, v in fields.items() if (shared := self._value(v)) is not v]
+        changed = [(k, shared) for k, v in fields.items() if (shared := self.value(v)) is not v]
         for k, shared in changed:
             fields[k] = shared
         given = m.__pydantic_fields_set__
@@ -374,10 +374,11 @@ class Sharing:
             object.__setattr__(m, "__pydantic_fields_set__", shared_set)
         return m
 
-    def _value(self, v: Any) -> Any:
+    def value(self, v: Any) -> Any:
+        """``v``, or an equal value of the same type seen before in this load."""
         t = type(v)
         if t in self.SCALARS:
-            if t is str and len(v) > 64:
+            if (t is str and len(v) > 64) or (t is float and v == 0.0):  # -0.0 == 0.0: keep each
                 return v
             return self._values.setdefault((t, v), v)
         if t is dict or t is list:
