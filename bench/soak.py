@@ -27,10 +27,8 @@ import csv
 import gzip
 import json
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -87,20 +85,6 @@ asyncio.run(main())
 
 TCP_STATES = {"01": "established", "02": "syn_sent", "06": "time_wait", "08": "close_wait", "04": "fin_wait1",
               "05": "fin_wait2", "09": "last_ack", "0A": "listen", "07": "close", "0B": "closing"}
-
-
-def quiet_port() -> int:
-    """A free loopback port below the ephemeral range, so that no outgoing connection (a probe's)
-    takes it between this check and its use."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 12000), low), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
 
 
 def seconds(text: str) -> float:
@@ -322,11 +306,11 @@ def main() -> int:
         if not line:
             raise SystemExit("the target server did not start")
         ports = [int(p) for p in line.split(",")]
-        refused = quiet_port()
+        refused = free_port()
         cfg = tmp / "soak.yml"
         generation = 0
         write_config(cfg, args.targets, ports, refused, generation, swap, not args.no_sql, drop)
-        port = quiet_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "stackwatch", "--config.file", str(cfg), "--web.listen-address",
                f"127.0.0.1:{port}", "--log.level", "warn"]

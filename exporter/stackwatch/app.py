@@ -246,8 +246,7 @@ class Exporter:
             self._reloading = asyncio.Lock()
         async with self._reloading:  # reloads run one at a time, in the order asked
             try:
-                loaded, web = await asyncio.to_thread(self._load)
-                new = loaded.shard(*self.shard)
+                new, web = await asyncio.to_thread(self._load)  # the shard's targets only
                 if self.web_ssl is not None and web.tls is not None:
                     web.ssl_context(into=self.web_ssl)
                 elif (self.web_ssl is None) != (web.tls is None):
@@ -265,7 +264,7 @@ class Exporter:
             for change in changes:
                 log.warning("web config reloaded: %s", change)
             self.web = web
-            self.pusher.set_checks(self._heartbeats(loaded))
+            self.pusher.set_checks(self._heartbeats(new))
             return await self.apply(new)
 
     def reload_failed(self, message: str) -> tuple[bool, str]:

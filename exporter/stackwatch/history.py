@@ -51,7 +51,7 @@ class Ring:
     own, or a region of a :class:`History`'s single buffer, which makes a Ring a short-lived
     view (one allocation per target for all its history, not nine)."""
 
-    __slots__ = ("width", "total", "ok", "last", "_max", "_buf", "_offset")
+    __slots__ = ("width", "total", "ok", "last", "_buf", "_offset")
 
     def __init__(self, slots: int, width: float, count_type: str = "I",
                  buf: bytearray | None = None, offset: int = 0):
@@ -67,7 +67,6 @@ class Ring:
         self.ok = view[start + size:start + 2 * size].cast(count_type)
         self.last: int = _LAST.unpack_from(buf, offset)[0]
         """The newest bucket written (-1: none yet)."""
-        self._max = 2 ** (8 * self.total.itemsize) - 1
 
     @staticmethod
     def size(slots: int, count_type: str) -> int:
@@ -82,22 +81,7 @@ class Ring:
         return self.last >= 0 and self.last - len(self.total) < bucket <= self.last
 
     def add(self, at: float, success: bool) -> None:
-        bucket = int(at // self.width)
-        n = len(self.total)
-        if self.last < 0:
-            self._set_last(bucket)
-        elif bucket > self.last:
-            for b in range(self.last + 1, self.last + 1 + min(bucket - self.last, n)):
-                self.total[b % n] = self.ok[b % n] = 0
-            self._set_last(bucket)
-        elif bucket <= self.last - n:
-            return  # older than the ring
-        i = bucket % n
-        if self.total[i] == self._max:  # a probe every 14 ms or faster: keep the ratio, stop counting
-            return
-        self.total[i] += 1
-        if success:
-            self.ok[i] += 1
+        self.last = ring_add(self._buf, self._offset, len(self.total), self.width, self.total.format, at, success)
 
     def series(self, now: float) -> list[Bucket]:
         """The last ``slots`` buckets, oldest first; ``ratio`` is None where nothing was probed."""
@@ -154,6 +138,40 @@ class Ring:
                 total += self.total[b % n]
                 ok += self.ok[b % n]
         return ok / total if total else None
+
+
+_COUNTS = {code: struct.Struct(code) for code in ("H", "I")}
+
+
+def ring_add(buf: bytearray, offset: int, slots: int, width: float, count_type: str, at: float,
+             success: bool) -> int:
+    """Count a probe in the ring at ``offset`` of ``buf`` (see :class:`Ring`), by struct access
+    rather than through a Ring view (the probe path: no view objects per probe); the ring's
+    ``last`` after it."""
+    bucket = int(at // width)
+    last = _LAST.unpack_from(buf, offset)[0]
+    count = _COUNTS[count_type]
+    size = count.size
+    totals = offset + _LAST.size
+    oks = totals + slots * size
+    if last < 0:
+        last = bucket
+    elif bucket > last:
+        for b in range(last + 1, last + 1 + min(bucket - last, slots)):
+            count.pack_into(buf, totals + (b % slots) * size, 0)
+            count.pack_into(buf, oks + (b % slots) * size, 0)
+        last = bucket
+    elif bucket <= last - slots:
+        return last  # older than the ring
+    _LAST.pack_into(buf, offset, last)
+    at_total, at_ok = totals + (bucket % slots) * size, oks + (bucket % slots) * size
+    total = count.unpack_from(buf, at_total)[0]
+    if total == 2 ** (8 * size) - 1:  # a probe every 14 ms or faster: keep the ratio, stop counting
+        return last
+    count.pack_into(buf, at_total, total + 1)
+    if success:
+        count.pack_into(buf, at_ok, count.unpack_from(buf, at_ok)[0] + 1)
+    return last
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +232,8 @@ class History:
         return memoryview(self._buf)[self._OK_AT:self._SIZE].cast("b")
 
     def add(self, at: float, success: bool, duration: float) -> None:
-        self.quarter.add(at, success)
-        self.day.add(at, success)
+        ring_add(self._buf, self._Q_AT, *self._QUARTER, at, success)
+        ring_add(self._buf, self._D_AT, *self._DAY, at, success)
         if not self._next or at - self._base > REBASE_AFTER:
             self._rebase(at)
         i = self._next % self.LATENCY_POINTS

@@ -48,8 +48,12 @@ def render_result(target: TargetConfig, outcome: Outcome | ProbeResult | None,
     ``samples`` defaults to the result's own when given a ProbeResult."""
     if samples is None:
         samples = outcome.samples if isinstance(outcome, ProbeResult) else ()
-    return _chunks(target, outcome, (((fam.name, extra), value) for fam, extra, value in samples),
-                   base_labels(target))
+    samples = list(samples)
+    shape = tuple([(fam.name, extra) for fam, extra, _ in samples])
+    values = array("d", [value for _, _, value in samples])
+    if len(set(shape)) != len(shape):
+        shape, values = _first_of_each(shape, values)
+    return _chunks(target, outcome, zip(shape, values), base_labels(target))
 
 
 def _chunks(target: TargetConfig, outcome: Outcome | ProbeResult | None,
@@ -65,12 +69,7 @@ def _chunks(target: TargetConfig, outcome: Outcome | ProbeResult | None,
         out[REASON.name] = [line(REASON.name, f'{labels},reason="{outcome.reason.value}"', 1)]
     out[LAST_DURATION.name] = [line(LAST_DURATION.name, labels, outcome.duration)]
     out[LAST_RUN.name] = [line(LAST_RUN.name, labels, outcome.finished_at)]
-    seen: set[tuple[str, Labels]] = set()
-    for key, value in samples:
-        if key in seen:  # a probe emitting the same series twice would make the exposition invalid
-            continue
-        seen.add(key)
-        name, extra = key
+    for (name, extra), value in samples:  # each series once: the callers keep a probe's first sample of it
         lab = f"{labels},{render_labels(extra)}" if extra else labels
         texts = out.get(name)
         if texts is None:
